@@ -1,0 +1,127 @@
+"""Forward hooks that record, per module call, the output size and the autograd node."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "ModuleCall",
+    "channel_dim",
+    "positions_by_module",
+    "probe_positions",
+    "record_calls",
+    "run_model",
+]
+
+_POOLING = (
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+
+
+@dataclass
+class ModuleCall:
+    """One call of a leaf module during a probing forward pass (sizes per sample)."""
+
+    module: nn.Module
+    positions: int  # output elements per channel (H*W for conv maps, 1 for a Linear on [N, F])
+    channels: int  # size of the output channel dimension
+    weight: int  # share of the module's counted cost this call carries (elements touched)
+    grad_fn: Any
+
+
+def channel_dim(module: nn.Module, ndim: int) -> int:
+    """The dimension of a module's output that indexes channels."""
+    if isinstance(module, (nn.Linear, nn.LayerNorm, nn.Embedding)):
+        return ndim - 1
+    return 1 if ndim >= 2 else 0
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def run_model(model: nn.Module, example_inputs: Any) -> Any:
+    """Call ``model`` the way torch-pruning does with ``example_inputs``."""
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+@contextlib.contextmanager
+def record_calls(model: nn.Module) -> Iterator[list[ModuleCall]]:
+    """Record every leaf-module call made inside the ``with`` block."""
+    calls: list[ModuleCall] = []
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        out = _first_tensor(output)
+        if out is None or out.dim() == 0:
+            return
+        batch = out.shape[0] if out.dim() >= 2 else 1
+        dim = channel_dim(module, out.dim())
+        channels = int(out.shape[dim])
+        per_sample = out.numel() // max(batch, 1)
+        weight = per_sample
+        if isinstance(module, _POOLING):
+            inp = _first_tensor(inputs)
+            if inp is not None:
+                weight = inp.numel() // max(batch, 1)
+        calls.append(
+            ModuleCall(
+                module=module,
+                positions=per_sample // max(channels, 1),
+                channels=channels,
+                weight=weight,
+                grad_fn=out.grad_fn,
+            )
+        )
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def positions_by_module(calls: list[ModuleCall]) -> dict[nn.Module, int]:
+    """Output positions per module, summed over its calls (a reused layer costs more)."""
+    positions: dict[nn.Module, int] = {}
+    for call in calls:
+        positions[call.module] = positions.get(call.module, 0) + call.positions
+    return positions
+
+
+def probe_positions(
+    model: nn.Module, example_inputs: Any, runner: Callable[[nn.Module, Any], Any] = run_model
+) -> dict[nn.Module, int]:
+    """Run ``model`` once on ``example_inputs`` (no grad) and return output positions."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), record_calls(model) as calls:
+            runner(model, example_inputs)
+    except Exception as error:  # the user's inputs do not fit the model
+        raise ValueError(
+            f"example_inputs cannot run through the model: {type(error).__name__}: {error}"
+        ) from error
+    finally:
+        model.train(was_training)
+    return positions_by_module(calls)

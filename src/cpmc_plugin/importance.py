@@ -1,0 +1,208 @@
+"""CPMC as a torch-pruning importance (works in ``tp.pruner.MetaPruner`` and ``CPMCPruner``)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ._groups import GroupStats, group_stats
+from ._probe import probe_positions
+from .functional import combine_criteria, normalize, validate_criterion_options
+from .presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
+
+__all__ = ["CPMCImportance"]
+
+ROOT_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def _shape_signature(model: nn.Module) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(p.shape) for p in model.parameters())
+
+
+@dataclass
+class _ModelContext:
+    """What CPMC needs beyond one group: feature-map sizes and the global maxima."""
+
+    graph_id: int
+    signature: tuple[tuple[int, ...], ...]
+    positions: dict[nn.Module, int] | None
+    params_max: float
+    macs_max: float
+
+
+class CPMCImportance(tp.importance.Importance):
+    """Channel importance of CPMC: weight value with weight dependency, parameters and FLOPs.
+
+    For every channel of a group, ``E = (sum ||W_out||_p^p + sum ||W_in||_p^p) / k``
+    over the layers that own and consume it (``k``: the layers a residual add ties
+    together, so tied channels score the mean), normalized within the group, then
+    ``I = E_hat + alpha * (1 - P/P_max) + beta * (1 - F/F_max)`` where P and F are
+    the parameters and MACs removing the channel saves and the maxima run over all
+    prunable channels of the model. Scores are comparable across layers, so the
+    importance works with ``global_pruning=True``.
+
+    Args:
+        example_inputs: inputs to measure feature-map sizes (needed when ``beta > 0``
+            unless :class:`~cpmc_plugin.CPMCPruner` supplies them).
+        alpha: weight of the parameter criterion (>= 0).
+        beta: weight of the FLOPs criterion (>= 0).
+        p: norm degree of the weight value (1: L1, as in the paper).
+        normalizer: ``"max-min"`` (paper), ``"l2"``, ``"max"`` or ``None``.
+        weight_dependency: ``False`` scores out-channel weights and costs only (CPMC-A).
+
+    Example:
+        >>> import torch, torch_pruning as tp
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+        ...                           torch.nn.Conv2d(8, 4, 3))
+        >>> x = torch.randn(1, 3, 16, 16)
+        >>> pruner = tp.pruner.MetaPruner(net, x, importance=CPMCImportance(example_inputs=x),
+        ...                               global_pruning=True, pruning_ratio=0.5,
+        ...                               ignored_layers=[net[2]])
+        >>> pruner.step()
+        >>> net[0].out_channels
+        4
+    """
+
+    def __init__(
+        self,
+        example_inputs: Any = None,
+        *,
+        alpha: float = DEFAULT_ALPHA,
+        beta: float = DEFAULT_BETA,
+        p: float = 1,
+        normalizer: str | None = "max-min",
+        weight_dependency: bool = True,
+    ) -> None:
+        validate_criterion_options(alpha=alpha, beta=beta, p=p, normalizer=normalizer)
+        if not isinstance(weight_dependency, bool):
+            raise TypeError(f"weight_dependency must be a bool, got {weight_dependency!r}")
+        self.example_inputs = example_inputs
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.p = p
+        self.normalizer = normalizer
+        self.weight_dependency = weight_dependency
+        self._context: _ModelContext | None = None
+        self._ignored: list[nn.Module] = []
+        self._warned: set[str] = set()
+
+    @classmethod
+    def preset(cls, family: str, example_inputs: Any = None, **overrides: Any) -> CPMCImportance:
+        """CPMC with the alpha/beta measured for ``family`` (``"vgg"``, ``"resnet"``, ``"densenet"``)."""
+        chosen = get_preset(family)
+        options: dict[str, Any] = {"alpha": chosen.alpha, "beta": chosen.beta, **overrides}
+        return cls(example_inputs, **options)
+
+    def __repr__(self) -> str:
+        return (
+            f"CPMCImportance(alpha={self.alpha}, beta={self.beta}, p={self.p}, "
+            f"normalizer={self.normalizer!r}, weight_dependency={self.weight_dependency})"
+        )
+
+    # ------------------------------------------------------------------ context
+    def prepare(
+        self,
+        graph: tp.DependencyGraph,
+        groups: Iterable[tp.Group],
+        positions: dict[nn.Module, int] | None = None,
+    ) -> None:
+        """Compute the global maxima of P and F over ``groups`` (the prunable scope).
+
+        :class:`~cpmc_plugin.CPMCPruner` calls this before every step with the groups it
+        ranks and the feature-map sizes it measured; standalone use prepares lazily
+        over all conv/linear groups of the graph.
+        """
+        if positions is None and self._needs_positions():
+            positions = self._measure(graph.model)
+        params_max = macs_max = 0.0
+        for group in groups:
+            stats = group_stats(group, positions, self.p)
+            params, macs = self._costs(stats)
+            if len(params):
+                params_max = max(params_max, float(params.max()))
+                macs_max = max(macs_max, float(macs.max()))
+        self._context = _ModelContext(
+            graph_id=id(graph),
+            signature=_shape_signature(graph.model),
+            positions=positions,
+            params_max=params_max,
+            macs_max=macs_max,
+        )
+
+    def _needs_positions(self) -> bool:
+        return self.beta > 0
+
+    def _measure(self, model: nn.Module) -> dict[nn.Module, int]:
+        if self.example_inputs is None:
+            raise ValueError(
+                "CPMCImportance needs example_inputs to measure feature-map sizes for the "
+                "FLOPs criterion (beta > 0): pass example_inputs=... or set beta=0"
+            )
+        return probe_positions(model, self.example_inputs)
+
+    def _ensure_context(self, graph: tp.DependencyGraph) -> _ModelContext:
+        context = self._context
+        if (
+            context is None
+            or context.graph_id != id(graph)
+            or context.signature != _shape_signature(graph.model)
+        ):
+            scope = graph.get_all_groups(ignored_layers=self._ignored, root_module_types=ROOT_TYPES)
+            self.prepare(graph, scope)
+            context = self._context
+            assert context is not None
+        return context
+
+    # ------------------------------------------------------------------ scoring
+    def _costs(self, stats: GroupStats) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.weight_dependency:
+            return stats.out_params + stats.in_params, stats.out_macs + stats.in_macs
+        return stats.out_params, stats.out_macs
+
+    @torch.no_grad()
+    def __call__(self, group: tp.Group) -> torch.Tensor:
+        graph = group._DG
+        context = self._ensure_context(graph)
+        stats = group_stats(group, context.positions, self.p)
+        for name in stats.unsupported:
+            if name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(
+                    f"CPMCImportance: weights of {name} layers are not scored (unsupported "
+                    "layer type); their channels are still ranked by the other layers",
+                    stacklevel=2,
+                )
+        value = stats.out_value + stats.in_value if self.weight_dependency else stats.out_value
+        value = value / max(stats.producers, 1)
+        if not torch.isfinite(value).all():
+            raise ValueError(
+                "non-finite (NaN or Inf) weights in the group of "
+                f"{_layer_names(graph, group)}; fix the weights before pruning"
+            )
+        params, macs = self._costs(stats)
+        score = combine_criteria(
+            normalize(value, self.normalizer),
+            params,
+            macs,
+            params_max=context.params_max,
+            macs_max=context.macs_max,
+            alpha=self.alpha,
+            beta=self.beta,
+        )
+        return score.float()
+
+
+def _layer_names(graph: tp.DependencyGraph, group: Sequence[Any]) -> str:
+    names = []
+    for item in group:
+        module = item.dep.target.module
+        name = graph._module2name.get(module)
+        if name is not None and name not in names:
+            names.append(name)
+    return ", ".join(names) or "<unnamed>"
