@@ -46,7 +46,7 @@ class CallSite:
 
 @dataclass(frozen=True)
 class GroupUnits:
-    """A host group seen as units: ``unit u`` is root channels ``u + k * size`` for k < ch_groups."""
+    """A host group seen as units: unit ``u`` is root channels ``u + k * size``, k < ch_groups."""
 
     group: tp.Group
     ch_groups: int
@@ -69,12 +69,15 @@ class CostModel:
         return self._dims[key]
 
     def channel_groups(
-        self, units: Sequence[GroupUnits], scores: Sequence[torch.Tensor], floors: Sequence[int],
+        self,
+        units: Sequence[GroupUnits],
+        scores: Sequence[torch.Tensor],
+        floors: Sequence[int],
         round_to: int,
     ) -> list[ChannelGroup]:
         return [
             ChannelGroup(scores=s, removable=max(u.size - f, 0), owned=o, round_to=round_to)
-            for u, s, f, o in zip(units, scores, floors, self.owned)
+            for u, s, f, o in zip(units, scores, floors, self.owned, strict=False)
         ]
 
 
@@ -157,7 +160,9 @@ def build_cost_model(
     return model
 
 
-def _ownership(graph: tp.DependencyGraph, unit: GroupUnits, model: CostModel) -> dict[int, torch.Tensor]:
+def _ownership(
+    graph: tp.DependencyGraph, unit: GroupUnits, model: CostModel
+) -> dict[int, torch.Tensor]:
     group = unit.group
     root = torch.as_tensor(group[0].root_idxs, dtype=torch.long)
     lookup = torch.full((int(root.max()) + 1,), -1, dtype=torch.long)
@@ -184,7 +189,9 @@ def _ownership(graph: tp.DependencyGraph, unit: GroupUnits, model: CostModel) ->
     return owned
 
 
-def _module_dims(graph: tp.DependencyGraph, module: nn.Module, model: CostModel) -> tuple[int, int] | None:
+def _module_dims(
+    graph: tp.DependencyGraph, module: nn.Module, model: CostModel
+) -> tuple[int, int] | None:
     pruner = graph.get_pruner_of_module(module) if module in graph.module2node else None
     if pruner is None:
         return None
@@ -240,7 +247,7 @@ def _mac_terms(
     ]
     total_weight = sum(weights) or 1.0
     terms = []
-    for (site, found), weight in zip(shares, weights):
+    for (_site, found), weight in zip(shares, weights, strict=False):
         part = cost * weight / total_weight if len(shares) > 1 else cost
         channels = float(sum(size for _, size in found))
         if not found or channels <= 0:

@@ -63,12 +63,12 @@ def _out_slices(layer: nn.Module, idxs: torch.Tensor) -> list[tuple[torch.Tensor
     elif isinstance(layer, nn.Linear):
         slices = [(layer.weight.detach()[idxs], layer.in_features)]
     elif isinstance(layer, _AFFINE_TYPES):
-        weight = getattr(layer, "weight", None)
-        if weight is None:
+        scale = getattr(layer, "weight", None)
+        if not isinstance(scale, torch.Tensor):
             return []
-        if isinstance(layer, nn.PReLU) and weight.numel() == 1:
+        if isinstance(layer, nn.PReLU) and scale.numel() == 1:
             return []
-        slices = [(weight.detach().reshape(-1)[idxs], 1)]
+        slices = [(scale.detach().reshape(-1)[idxs], 1)]
     else:
         return None
     bias = getattr(layer, "bias", None)
@@ -94,9 +94,7 @@ def _in_slices(layer: nn.Module, idxs: torch.Tensor) -> list[tuple[torch.Tensor,
     return None
 
 
-def group_stats(
-    group: tp.Group, positions: Mapping[nn.Module, int] | None, p: float
-) -> GroupStats:
+def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: float) -> GroupStats:
     """Weight values and costs of every root channel of ``group``.
 
     ``positions`` gives each layer's output positions per sample (H*W of a conv

@@ -70,11 +70,16 @@ class ChannelGroup:
 
 @dataclass(frozen=True)
 class BudgetPlan:
-    """The units to remove from each group and the cost the plan leaves."""
+    """The units to remove from each group and the cost the plan leaves.
+
+    The plan stops where the cost is closest to the target: at the shortest ranking
+    prefix that meets it, or one unit earlier when that lands closer (from above).
+    """
 
     removed: list[torch.Tensor]
     cost: float
     base_cost: float
+    granularity: float = 0.0  # cost of the last unit in the ranking the plan stops at
 
 
 class _Evaluator:
@@ -92,7 +97,7 @@ class _Evaluator:
         # per group: ascending order and, per dimension, cumulative owned counts
         self.order = [torch.argsort(g.scores, stable=True) for g in groups]
         self.cumulative: list[list[tuple[int, torch.Tensor]]] = []
-        for group, order in zip(groups, self.order):
+        for group, order in zip(groups, self.order, strict=False):
             rows = []
             for dim, counts in group.owned.items():
                 cum = torch.zeros(len(order) + 1, dtype=torch.float64)
@@ -102,7 +107,7 @@ class _Evaluator:
 
     def cost(self, counts: Sequence[int]) -> float:
         removed = torch.zeros_like(self.sizes)
-        for m, rows in zip(counts, self.cumulative):
+        for m, rows in zip(counts, self.cumulative, strict=False):
             if m:
                 for dim, cum in rows:
                     removed[dim] += cum[m]
@@ -129,7 +134,7 @@ def plan_removal(
     terms: Sequence[CostTerm],
     target_cost: float,
 ) -> BudgetPlan:
-    """Remove the globally lowest-scored units until the cost is at most ``target_cost``.
+    """Remove the globally lowest-scored units until the cost reaches ``target_cost``.
 
     Units are ranked across all groups by score (ties: earlier group, lower index
     first). The plan is the shortest prefix of that ranking whose cost meets the
@@ -160,7 +165,7 @@ def plan_removal(
                 g.removable,
                 g.round_to,
             )
-            for pos, g in zip(positions, groups)
+            for pos, g in zip(positions, groups, strict=False)
         ]
 
     total = len(ranking)
@@ -180,5 +185,13 @@ def plan_removal(
         else:
             low = mid + 1
     chosen = counts_at(high)
-    removed = [order[:m].clone() for order, m in zip(evaluator.order, chosen)]
-    return BudgetPlan(removed=removed, cost=evaluator.cost(chosen), base_cost=base)
+    cost = evaluator.cost(chosen)
+    granularity = 0.0
+    if high > 0:  # one unit fewer may land closer to the target (from above)
+        fewer = counts_at(high - 1)
+        fewer_cost = evaluator.cost(fewer)
+        granularity = fewer_cost - cost
+        if fewer_cost - target_cost < target_cost - cost:
+            chosen, cost = fewer, fewer_cost
+    removed = [order[:m].clone() for order, m in zip(evaluator.order, chosen, strict=False)]
+    return BudgetPlan(removed=removed, cost=cost, base_cost=base, granularity=granularity)

@@ -94,7 +94,7 @@ class CPMCImportance(tp.importance.Importance):
 
     @classmethod
     def preset(cls, family: str, example_inputs: Any = None, **overrides: Any) -> CPMCImportance:
-        """CPMC with the alpha/beta measured for ``family`` (``"vgg"``, ``"resnet"``, ``"densenet"``)."""
+        """CPMC with the alpha/beta measured for ``family``: "vgg", "resnet" or "densenet"."""
         chosen = get_preset(family)
         options: dict[str, Any] = {"alpha": chosen.alpha, "beta": chosen.beta, **overrides}
         return cls(example_inputs, **options)

@@ -47,7 +47,12 @@ def _count(model: nn.Module, example_inputs: Any) -> _Counts:
     macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
         model, example_inputs, layer_wise=True
     )
-    return _Counts(float(macs), float(params), dict(layer_macs), dict(layer_params))
+    # per-layer MACs are summed over the batch while the total is per sample
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    batch_total = sum(float(layer_macs.get(m) or 0.0) for m in leaves)
+    scale = float(macs) / batch_total if batch_total > 0 else 1.0
+    per_sample = {m: float(v or 0.0) * scale for m, v in layer_macs.items()}
+    return _Counts(float(macs), float(params), per_sample, dict(layer_params))
 
 
 def _fraction(name: str, value: Any) -> float:
@@ -147,7 +152,9 @@ class CPMCPruner(tp.pruner.BasePruner):
         if iterative_steps < 1:
             raise ValueError(f"iterative_steps must be an int >= 1, got {iterative_steps}")
         if isinstance(max_pruning_ratio, bool) or not isinstance(max_pruning_ratio, (int, float)):
-            raise TypeError(f"max_pruning_ratio must be a number in (0, 1], got {max_pruning_ratio!r}")
+            raise TypeError(
+                f"max_pruning_ratio must be a number in (0, 1], got {max_pruning_ratio!r}"
+            )
         if not 0 < max_pruning_ratio <= 1:
             raise ValueError(f"max_pruning_ratio must be in (0, 1], got {max_pruning_ratio}")
         if round_to is not None and (
@@ -179,14 +186,14 @@ class CPMCPruner(tp.pruner.BasePruner):
             initial = _count(model, example_inputs)
         except Exception as error:
             raise ValueError(
-                "example_inputs cannot run through the model: "
-                f"{type(error).__name__}: {error}"
+                f"example_inputs cannot run through the model: {type(error).__name__}: {error}"
             ) from error
         finally:
             model.train(was_training)
 
         self.example_inputs = example_inputs
         self._units_cache: tuple[Any, list[GroupUnits]] | None = None
+        self._granularity = 0.0
         self._sites = map_calls(self.DG, calls)
         self._positions = positions_by_module(calls)
         self._initial = initial
@@ -241,10 +248,13 @@ class CPMCPruner(tp.pruner.BasePruner):
         units = self._units()
         model = self._cost_model(units)
         scores = [torch.zeros(u.size) for u in units]
-        groups = model.channel_groups(units, scores, [self._floor(u) for u in units], self._rounding)
+        groups = model.channel_groups(
+            units, scores, [self._floor(u) for u in units], self._rounding
+        )
         try:
-            plan_removal(groups, dim_sizes=model.dim_sizes, terms=model.terms,
-                         target_cost=self.target_cost())
+            plan_removal(
+                groups, dim_sizes=model.dim_sizes, terms=model.terms, target_cost=self.target_cost()
+            )
         except UnreachableBudgetError as error:
             raise self._unreachable(error) from None
 
@@ -317,13 +327,16 @@ class CPMCPruner(tp.pruner.BasePruner):
         groups = model.channel_groups(units, scores, floors, self._rounding)
         try:
             plan = plan_removal(
-                groups, dim_sizes=model.dim_sizes, terms=model.terms,
+                groups,
+                dim_sizes=model.dim_sizes,
+                terms=model.terms,
                 target_cost=self.target_cost(step),
             )
         except UnreachableBudgetError as error:
             raise self._unreachable(error) from None
+        self._granularity = plan.granularity
         actions = []
-        for unit, removed, floor in zip(units, plan.removed, floors):
+        for unit, removed, floor in zip(units, plan.removed, floors, strict=False):
             if len(removed) == 0:
                 continue
             if unit.size - len(removed) < floor:
@@ -339,11 +352,12 @@ class CPMCPruner(tp.pruner.BasePruner):
         initial = self._initial.macs if self.metric == "macs" else self._initial.params
         now = self._current.macs if self.metric == "macs" else self._current.params
         target = self.target_cost(self.current_step)
-        if abs(now - target) / initial > TOLERANCE:
+        if abs(now - target) > max(TOLERANCE * initial, self._granularity):
             warnings.warn(
                 f"CPMCPruner: step {self.current_step} left {now:.6g} {self.metric} against "
                 f"a target of {target:.6g} ({100 * abs(now - target) / initial:.2f} pp off); "
-                "a layer type whose cost the planner cannot scale may be involved",
+                "were all groups of step(interactive=True) pruned? Otherwise a layer type "
+                "whose cost the planner cannot scale may be involved",
                 stacklevel=3,
             )
 
