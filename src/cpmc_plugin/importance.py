@@ -91,6 +91,7 @@ class CPMCImportance(tp.importance.Importance):
         self._context: _ModelContext | None = None
         self._ignored: list[nn.Module] = []
         self._warned: set[str] = set()
+        self._kept_stats: dict[int, GroupStats] = {}
 
     @classmethod
     def preset(cls, family: str, example_inputs: Any = None, **overrides: Any) -> CPMCImportance:
@@ -111,18 +112,24 @@ class CPMCImportance(tp.importance.Importance):
         graph: tp.DependencyGraph,
         groups: Iterable[tp.Group],
         positions: dict[nn.Module, int] | None = None,
+        *,
+        keep: bool = False,
     ) -> None:
         """Compute the global maxima of P and F over ``groups`` (the prunable scope).
 
         :class:`~cpmc_plugin.CPMCPruner` calls this before every step with the groups it
         ranks and the feature-map sizes it measured; standalone use prepares lazily
-        over all conv/linear groups of the graph.
+        over all conv/linear groups of the graph. With ``keep=True`` the statistics of
+        these group objects are reused when they are scored (the caller keeps them alive).
         """
         if positions is None and self._needs_positions():
             positions = self._measure(graph.model)
         params_max = macs_max = 0.0
+        self._kept_stats = {}
         for group in groups:
             stats = group_stats(group, positions, self.p)
+            if keep:
+                self._kept_stats[id(group)] = stats
             params, macs = self._costs(stats)
             if len(params):
                 params_max = max(params_max, float(params.max()))
@@ -169,7 +176,9 @@ class CPMCImportance(tp.importance.Importance):
     def __call__(self, group: tp.Group) -> torch.Tensor:
         graph = group._DG
         context = self._ensure_context(graph)
-        stats = group_stats(group, context.positions, self.p)
+        stats = self._kept_stats.pop(id(group), None) or group_stats(
+            group, context.positions, self.p
+        )
         for name in stats.unsupported:
             if name not in self._warned:
                 self._warned.add(name)

@@ -275,7 +275,7 @@ class CPMCPruner(tp.pruner.BasePruner):
     # ------------------------------------------------------------------ scoring
     def _score(self, units: list[GroupUnits]) -> tuple[list[GroupUnits], list[torch.Tensor]]:
         if isinstance(self.importance, CPMCImportance):
-            self.importance.prepare(self.DG, [u.group for u in units], self._positions)
+            self.importance.prepare(self.DG, [u.group for u in units], self._positions, keep=True)
         kept, scores = [], []
         for unit in units:
             imp = self.estimate_importance(unit.group)
