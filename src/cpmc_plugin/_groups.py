@@ -53,44 +53,47 @@ def is_out_item(group: tp.Group, handler: object) -> bool:
     return bool(dg.is_out_channel_pruning_fn(handler))
 
 
-def _out_slices(layer: nn.Module, idxs: torch.Tensor) -> list[tuple[torch.Tensor, int]] | None:
-    """``(rows, weights per row)`` for the parameters that produce output channels ``idxs``."""
+def _out_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | None:
+    """``(||row||_p^p per output channel, weights per row)`` for the producing parameters."""
     if isinstance(layer, nn.modules.conv._ConvNd):
-        weight = layer.weight.detach()
-        if layer.transposed:
-            weight = weight.transpose(0, 1)
-        slices = [(weight[idxs], int(weight[0].numel()))]
+        weight = layer.weight
+        if layer.transposed:  # [in, out/groups, k...]
+            if layer.groups != 1:
+                return None
+            norms = [(channel_norm(weight, p, dim=1), int(weight[:, 0].numel()))]
+        else:
+            norms = [(channel_norm(weight, p, dim=0), int(weight[0].numel()))]
     elif isinstance(layer, nn.Linear):
-        slices = [(layer.weight.detach()[idxs], layer.in_features)]
+        norms = [(channel_norm(layer.weight, p, dim=0), layer.in_features)]
     elif isinstance(layer, _AFFINE_TYPES):
         scale = getattr(layer, "weight", None)
         if not isinstance(scale, torch.Tensor):
             return []
         if isinstance(layer, nn.PReLU) and scale.numel() == 1:
             return []
-        slices = [(scale.detach().reshape(-1)[idxs], 1)]
+        norms = [(channel_norm(scale.reshape(-1), p), 1)]
     else:
         return None
     bias = getattr(layer, "bias", None)
     if isinstance(bias, torch.Tensor):
-        slices.append((bias.detach().reshape(-1)[idxs], 1))
-    return slices
+        norms.append((channel_norm(bias.reshape(-1), p), 1))
+    return norms
 
 
-def _in_slices(layer: nn.Module, idxs: torch.Tensor) -> list[tuple[torch.Tensor, int]] | None:
-    """``(columns, weights per column)`` for the parameters that consume input channels ``idxs``."""
+def _in_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | None:
+    """``(||column||_p^p per input channel, weights per column)`` for a consuming layer."""
     if isinstance(layer, nn.modules.conv._ConvNd):
-        weight = layer.weight.detach()
+        weight = layer.weight
         if layer.transposed:  # [in, out/groups, k...]: input channel c is row c
-            return [(weight[idxs], int(weight[0].numel()))]
+            return [(channel_norm(weight, p, dim=0), int(weight[0].numel()))]
         groups = layer.groups
         out_per_group = weight.shape[0] // groups
-        # [groups, out/groups, in/groups, k] -> one column per global input channel
+        # [groups, out/groups, in/groups, k]: input channel g * in/groups + j is column (g, j)
         grouped = weight.reshape(groups, out_per_group, weight.shape[1], -1)
-        columns = grouped.permute(0, 2, 1, 3).reshape(groups * weight.shape[1], -1)
-        return [(columns[idxs], int(columns.shape[1]))]
+        per_column = out_per_group * grouped.shape[-1]
+        return [(channel_norm(grouped, p, dim=(0, 2)).reshape(-1), per_column)]
     if isinstance(layer, nn.Linear):
-        return [(layer.weight.detach().t()[idxs], layer.out_features)]
+        return [(channel_norm(layer.weight, p, dim=1), layer.out_features)]
     return None
 
 
@@ -117,8 +120,8 @@ def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: f
         where = lookup[roots]
         idxs = torch.as_tensor(item.idxs, dtype=torch.long)
         outgoing = is_out_item(group, item.dep.handler)
-        slices = _out_slices(layer, idxs) if outgoing else _in_slices(layer, idxs)
-        if slices is None:
+        norms = _out_norms(layer, p) if outgoing else _in_norms(layer, p)
+        if norms is None:
             if any(True for _ in layer.parameters(recurse=False)):
                 unsupported.append(type(layer).__name__)
             continue
@@ -126,8 +129,8 @@ def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: f
             producers += 1
         spots = float(positions.get(layer, 0)) if positions is not None else 0.0
         value_key, params_key, macs_key = ("ov", "op", "om") if outgoing else ("iv", "ip", "im")
-        for rows, per_row in slices:
-            acc[value_key].index_add_(0, where, channel_norm(rows, p).double())
+        for per_channel, per_row in norms:
+            acc[value_key].index_add_(0, where, per_channel[idxs].double())
             acc[params_key].index_add_(0, where, torch.full((len(where),), float(per_row)).double())
             acc[macs_key].index_add_(
                 0, where, torch.full((len(where),), float(per_row) * spots, dtype=torch.float64)

@@ -64,19 +64,24 @@ def validate_criterion_options(
         raise ValueError(f"unknown normalizer {normalizer!r}; allowed: {allowed}")
 
 
-def channel_norm(weight: torch.Tensor, p: float) -> torch.Tensor:
-    """``||W_c||_p^p`` for every row ``c`` of ``weight`` (dim 0 indexes channels).
+def channel_norm(weight: torch.Tensor, p: float, dim: int | tuple[int, ...] = 0) -> torch.Tensor:
+    """``||W_c||_p^p`` for every index ``c`` along ``dim`` of ``weight`` (summing all others).
 
     Example:
         >>> channel_norm(torch.tensor([[1.0, -2.0], [3.0, 0.0]]), p=1)
         tensor([3., 3.])
+        >>> channel_norm(torch.tensor([[1.0, -2.0], [3.0, 0.0]]), p=2, dim=1)
+        tensor([10.,  4.])
     """
-    flat = weight.detach().reshape(weight.shape[0], -1).abs().float()
-    if p == 1:
-        return flat.sum(dim=1)
+    keep = (dim,) if isinstance(dim, int) else dim
+    keep = tuple(d % weight.dim() for d in keep) if weight.dim() else ()
+    others = tuple(d for d in range(weight.dim()) if d not in keep)
+    magnitude = weight.detach().abs()
     if p == 2:
-        return flat.square().sum(dim=1)
-    return flat.pow(p).sum(dim=1)
+        magnitude = magnitude.square()
+    elif p != 1:
+        magnitude = magnitude.pow(p)
+    return (magnitude.sum(dim=others) if others else magnitude).float()
 
 
 def normalize(values: torch.Tensor, method: str | None) -> torch.Tensor:

@@ -75,10 +75,13 @@ def _resolve_budget(flops: Any, params: Any) -> tuple[str, float]:
 
 
 def _check_finite(model: nn.Module) -> None:
+    # a NaN or Inf makes the sum non-finite; only then look element by element
     bad = [
         name
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+        if tensor.is_floating_point()
+        and not torch.isfinite(tensor.detach().sum())
+        and not torch.isfinite(tensor).all()
     ]
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -197,7 +200,8 @@ class CPMCPruner(tp.pruner.BasePruner):
         self._sites = map_calls(self.DG, calls)
         self._positions = positions_by_module(calls)
         self._initial = initial
-        self._current = initial
+        self._latest: _Counts | None = initial  # None: pruned since the last count
+        self._pruned_step = 0
         self._initial_layers = [
             (name, type(m).__name__, self.DG.get_out_channels(m))
             for name, m in model.named_modules()
@@ -237,6 +241,14 @@ class CPMCPruner(tp.pruner.BasePruner):
         if self.round_to:
             floor = math.ceil(floor / self.round_to) * self.round_to
         return min(floor, unit.size)
+
+    @property
+    def _current(self) -> _Counts:
+        """Counts of the model as it is now (counted again only after a step)."""
+        if self._latest is None:
+            self._latest = _count(self.model, self.example_inputs)
+            self._warn_if_off_target()
+        return self._latest
 
     def _cost_model(self, units: list[GroupUnits]) -> Any:
         counts = self._current
@@ -317,8 +329,8 @@ class CPMCPruner(tp.pruner.BasePruner):
             if not self.DG.check_pruning_group(group):
                 raise RuntimeError(f"internal error: the plan would empty a layer ({group})")
             yield group
-        self._current = _count(self.model, self.example_inputs)
-        self._warn_if_off_target()
+            self._latest = None  # counted when next needed: report() or the next step
+            self._pruned_step = self.current_step
 
     def _plan(self, step: int) -> list[tuple[nn.Module, Any, list[int]]]:
         units, scores = self._score(self._units())
@@ -350,11 +362,12 @@ class CPMCPruner(tp.pruner.BasePruner):
 
     def _warn_if_off_target(self) -> None:
         initial = self._initial.macs if self.metric == "macs" else self._initial.params
-        now = self._current.macs if self.metric == "macs" else self._current.params
-        target = self.target_cost(self.current_step)
+        assert self._latest is not None
+        now = self._latest.macs if self.metric == "macs" else self._latest.params
+        target = self.target_cost(self._pruned_step)
         if abs(now - target) > max(TOLERANCE * initial, self._granularity):
             warnings.warn(
-                f"CPMCPruner: step {self.current_step} left {now:.6g} {self.metric} against "
+                f"CPMCPruner: step {self._pruned_step} left {now:.6g} {self.metric} against "
                 f"a target of {target:.6g} ({100 * abs(now - target) / initial:.2f} pp off); "
                 "were all groups of step(interactive=True) pruned? Otherwise a layer type "
                 "whose cost the planner cannot scale may be involved",
