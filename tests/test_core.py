@@ -96,3 +96,10 @@ def test_round_to_keeps_multiples_of_units() -> None:
 def test_cost_term_with_three_dims_is_refused() -> None:
     with pytest.raises(ValueError, match="at most two dimensions"):
         CostTerm(1.0, (0, 1, 2))
+
+
+def test_lowest_cost_is_the_cost_at_every_floor() -> None:
+    setup = two_layers([0.5, 0.1, 0.9, 0.3], [0.2, 0.6])
+    from cpmc_plugin.budget import lowest_cost
+
+    assert lowest_cost(**setup) == 28.0  # a keeps 1 of 4, b keeps 1 of 2: 8 + 4 + 6 + 10

@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["BudgetPlan", "ChannelGroup", "CostTerm", "UnreachableBudgetError", "plan_removal"]
+__all__ = [
+    "BudgetPlan",
+    "ChannelGroup",
+    "CostTerm",
+    "UnreachableBudgetError",
+    "lowest_cost",
+    "plan_removal",
+]
 
 
 class UnreachableBudgetError(ValueError):
@@ -125,6 +132,15 @@ def _round_count(m: int, n: int, cap: int, round_to: int) -> int:
             m -= round_to
         m = max(m, 0)
     return m
+
+
+def lowest_cost(
+    groups: Sequence[ChannelGroup], *, dim_sizes: Sequence[int], terms: Sequence[CostTerm]
+) -> float:
+    """The cost left when every group gives up all it may (its floor)."""
+    evaluator = _Evaluator(groups, dim_sizes, terms)
+    counts = [_round_count(g.removable, len(g.scores), g.removable, g.round_to) for g in groups]
+    return evaluator.cost(counts)
 
 
 def plan_removal(

@@ -175,10 +175,11 @@ class CPMCImportance(tp.importance.Importance):
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> torch.Tensor:
         graph = group._DG
-        context = self._ensure_context(graph)
-        stats = self._kept_stats.pop(id(group), None) or group_stats(
-            group, context.positions, self.p
-        )
+        kept = self._kept_stats.pop(id(group), None)  # prepared for this very group just now
+        context = self._context if kept is not None else None
+        if context is None:
+            context = self._ensure_context(graph)
+        stats = kept or group_stats(group, context.positions, self.p)
         for name in stats.unsupported:
             if name not in self._warned:
                 self._warned.add(name)

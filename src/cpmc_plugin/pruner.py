@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Generator, Sequence
@@ -11,10 +12,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch.utils._pytree import tree_map
 
 from ._cost_model import GroupUnits, build_cost_model, map_calls
 from ._probe import positions_by_module, record_calls
-from .budget import UnreachableBudgetError, plan_removal
+from .budget import UnreachableBudgetError, lowest_cost, plan_removal
 from .importance import CPMCImportance, _shape_signature
 from .report import LayerChannels, PruneReport
 
@@ -43,10 +45,37 @@ class _Counts:
     layer_params: dict[nn.Module, float]
 
 
+def _meta_twin(model: nn.Module, example_inputs: Any) -> tuple[nn.Module, Any]:
+    """A copy of ``model`` and its inputs on the meta device: shapes only, no data copied."""
+    memo: dict[int, Any] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        twin = tensor.detach().to("meta")
+        if isinstance(tensor, nn.Parameter):
+            twin = nn.Parameter(twin, requires_grad=tensor.requires_grad)
+        memo[id(tensor)] = twin
+    inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, example_inputs)
+    return copy.deepcopy(model, memo), inputs
+
+
 def _count(model: nn.Module, example_inputs: Any) -> _Counts:
-    macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
-        model, example_inputs, layer_wise=True
-    )
+    """``tp.utils.count_ops_and_params`` of ``model``, layer by layer.
+
+    The host counter deep-copies the model and runs it; running it on a meta-device
+    twin gives the same counts without copying weights or computing anything.
+    Models that cannot run on the meta device are counted as they are.
+    """
+    try:
+        twin, inputs = _meta_twin(model, example_inputs)
+        macs, params, twin_macs, twin_params = tp.utils.count_ops_and_params(
+            twin, inputs, layer_wise=True
+        )
+        pairs = list(zip(model.modules(), twin.modules(), strict=True))
+        layer_macs = {m: twin_macs.get(t) for m, t in pairs}
+        layer_params = {m: twin_params.get(t) for m, t in pairs}
+    except Exception:
+        macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
+            model, example_inputs, layer_wise=True
+        )
     # per-layer MACs are summed over the batch while the total is per sample
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     batch_total = sum(float(layer_macs.get(m) or 0.0) for m in leaves)
@@ -197,6 +226,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         self.example_inputs = example_inputs
         self._units_cache: tuple[Any, list[GroupUnits]] | None = None
         self._granularity = 0.0
+        self._model_cache: tuple[Any, Any] | None = None
         self._sites = map_calls(self.DG, calls)
         self._positions = positions_by_module(calls)
         self._initial = initial
@@ -251,10 +281,15 @@ class CPMCPruner(tp.pruner.BasePruner):
         return self._latest
 
     def _cost_model(self, units: list[GroupUnits]) -> Any:
+        key = (_shape_signature(self.model), tuple(id(u.group) for u in units))
+        if self._model_cache is not None and self._model_cache[0] == key:
+            return self._model_cache[1]
         counts = self._current
         layer = counts.layer_macs if self.metric == "macs" else counts.layer_params
         total = counts.macs if self.metric == "macs" else counts.params
-        return build_cost_model(self.DG, units, self._sites, layer, total, self.metric)
+        model = build_cost_model(self.DG, units, self._sites, layer, total, self.metric)
+        self._model_cache = (key, model)
+        return model
 
     def _check_reachable(self) -> None:
         units = self._units()
@@ -263,12 +298,9 @@ class CPMCPruner(tp.pruner.BasePruner):
         groups = model.channel_groups(
             units, scores, [self._floor(u) for u in units], self._rounding
         )
-        try:
-            plan_removal(
-                groups, dim_sizes=model.dim_sizes, terms=model.terms, target_cost=self.target_cost()
-            )
-        except UnreachableBudgetError as error:
-            raise self._unreachable(error) from None
+        best = lowest_cost(groups, dim_sizes=model.dim_sizes, terms=model.terms)
+        if best > self.target_cost():
+            raise self._unreachable(UnreachableBudgetError("", best))
 
     @property
     def _rounding(self) -> int:
