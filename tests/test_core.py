@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from cpmc_plugin.budget import ChannelGroup, CostTerm, UnreachableBudgetError, plan_removal
 from cpmc_plugin.functional import combine_criteria, normalize
+from cpmc_plugin.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset, list_presets
 
 
 def test_normalizers_known_answers() -> None:
@@ -103,3 +107,20 @@ def test_lowest_cost_is_the_cost_at_every_floor() -> None:
     from cpmc_plugin.budget import lowest_cost
 
     assert lowest_cost(**setup) == 28.0  # a keeps 1 of 4, b keeps 1 of 2: 8 + 4 + 6 + 10
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_presets_are_the_measured_choice(name: str) -> None:
+    """Each preset is the (alpha, beta) that benchmarks/select_presets.py recorded."""
+    recorded = json.loads((RESULTS / "select_presets.json").read_text())
+    chosen = recorded["chosen"][name]
+    preset = get_preset(name)
+    assert (preset.alpha, preset.beta) == (chosen["alpha"], chosen["beta"])
+
+
+def test_default_weights_are_the_best_single_pair() -> None:
+    recorded = json.loads((RESULTS / "select_presets.json").read_text())["overall_best"]
+    assert (recorded["alpha"], recorded["beta"]) == (DEFAULT_ALPHA, DEFAULT_BETA)
