@@ -1,0 +1,180 @@
+"""Wall-clock time to prune torchvision models: torch-pruning's MetaPruner vs CPMCPruner.
+
+For each model (torchvision ``resnet50`` and ``densenet121``, ``weights=None``, eval mode,
+input ``torch.randn(1, 3, 224, 224)``, fixed seed) it times, on a fresh deep copy each time:
+
+* host: ``tp.pruner.MetaPruner(model, x, importance=GroupMagnitudeImportance(p=2),
+  global_pruning=True, pruning_ratio=0.5, ignored_layers=[classifier])`` + ``.step()``;
+* ours: ``cpmc_plugin.CPMCPruner(model, x, flops_reduction=0.5,
+  ignored_layers=[classifier])`` + ``.step()`` (default importance: ``CPMCImportance``).
+
+Only construction + ``step()`` is inside the timed region (``time.perf_counter``); the
+repeats alternate host/ours and the median is reported, with the MACs reduction each
+reached (``tp.utils.count_ops_and_params``; for ours also ``pruner.report()``) and the
+ratio ours/host (goal: <= 1.5). ``torch.set_num_threads`` is left at its default unless
+``--threads`` is given (on a shared, oversubscribed machine ``--threads 1`` gives far
+steadier numbers). Prints a markdown table and writes JSON (results plus
+command line, platform, CPU, library versions and UTC date).
+
+Run from the repository root::
+
+    python benchmarks/prune_speed.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+import torchvision
+from torch import nn
+
+import cpmc_plugin
+
+CLASSIFIER = {"resnet50": "fc", "densenet121": "classifier"}  # model name -> ignored layer
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "prune_speed.json"
+
+
+def run_host(model: nn.Module, x: torch.Tensor, classifier: nn.Module) -> Any:
+    pruner = tp.pruner.MetaPruner(
+        model,
+        x,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        global_pruning=True,
+        pruning_ratio=0.5,
+        ignored_layers=[classifier],
+    )
+    pruner.step()
+    return pruner
+
+
+def run_ours(model: nn.Module, x: torch.Tensor, classifier: nn.Module) -> Any:
+    pruner = cpmc_plugin.CPMCPruner(model, x, flops_reduction=0.5, ignored_layers=[classifier])
+    pruner.step()
+    return pruner
+
+
+def bench_model(name: str, repeats: int, seed: int) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    base = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.randn(1, 3, 224, 224)
+    base_macs, _ = tp.utils.count_ops_and_params(base, x)
+    times: dict[str, list[float]] = {"host": [], "ours": []}
+    cpu: dict[str, list[float]] = {"host": [], "ours": []}
+    macs_red: dict[str, float] = {}
+    report_red = float("nan")
+    for _ in range(repeats):
+        for kind, fn in (("host", run_host), ("ours", run_ours)):
+            model = copy.deepcopy(base)
+            classifier = model.get_submodule(CLASSIFIER[name])
+            start, start_cpu = time.perf_counter(), time.process_time()
+            pruner = fn(model, x, classifier)
+            times[kind].append(time.perf_counter() - start)
+            cpu[kind].append(time.process_time() - start_cpu)
+            macs, _ = tp.utils.count_ops_and_params(model, x)
+            macs_red[kind] = 1.0 - macs / base_macs
+            if kind == "ours":
+                report_red = pruner.report().macs_reduction
+            del pruner, model
+    host, ours = statistics.median(times["host"]), statistics.median(times["ours"])
+    return {
+        "model": name,
+        "host_s": host,
+        "ours_s": ours,
+        "ratio": ours / host,
+        "goal_met": ours / host <= 1.5,
+        "cpu_ratio": statistics.median(cpu["ours"]) / statistics.median(cpu["host"]),
+        "host_macs_reduction": macs_red["host"],
+        "ours_macs_reduction": macs_red["ours"],
+        "ours_report_macs_reduction": report_red,
+        "host_times_s": times["host"],
+        "ours_times_s": times["ours"],
+        "host_cpu_s": cpu["host"],  # process CPU time (all threads), less load-sensitive
+        "ours_cpu_s": cpu["ours"],
+        "base_macs": base_macs,
+    }
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=ROOT)
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return done.stdout.strip()
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | host s | CPMC s | ratio | host MACs red. | CPMC MACs red. |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['model']} | {r['host_s']:.2f} | {r['ours_s']:.2f} | {r['ratio']:.2f}x "
+            f"| {100 * r['host_macs_reduction']:.2f} % | {100 * r['ours_macs_reduction']:.2f} % |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per pruner")
+    parser.add_argument("--models", nargs="+", default=list(CLASSIFIER), choices=list(CLASSIFIER))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads(N); 0 keeps the default"
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    load_before = os.getloadavg()
+    src_diff = _git("diff", "HEAD", "--", "src")  # the code timed: HEAD plus this diff
+    git = {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty_src": bool(src_diff),
+        "src_diff_sha1": hashlib.sha1(src_diff.encode()).hexdigest() if src_diff else None,
+    }
+    results = [bench_model(name, args.repeats, args.seed) for name in args.models]
+    print(table(results))
+    meta = {
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_pruning": tp.__version__,
+        "cpmc_plugin": cpmc_plugin.__version__,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **git,
+        "loadavg_before_after": [load_before, os.getloadavg()],
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "goal": "ours_s / host_s <= 1.5",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
