@@ -145,3 +145,30 @@ def test_reload_of_a_foreign_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a readable pruned-model file"):
         load_pruned(build(ARCHS[0]), path, ARCHS[0].example())
+
+
+def test_importance_refreshes_maxima_when_shapes_change() -> None:
+    """In iterative MetaPruner runs the global maxima follow the pruned model."""
+    arch = ARCHS[0]
+    model = build(arch)
+    x = arch.example()
+    imp = CPMCImportance(example_inputs=x)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        x,
+        importance=imp,
+        global_pruning=True,
+        pruning_ratio=0.5,
+        iterative_steps=2,
+        ignored_layers=[classifier_of(model)],
+    )
+    pruner.step()
+    first = imp._context
+    assert first is not None
+    after_first = tuple(tuple(p.shape) for p in model.parameters())
+    assert first.signature != after_first  # step 1 scored the unpruned model
+    pruner.step()  # step 2 scores the model as step 1 left it
+    second = imp._context
+    assert second is not None and second is not first
+    assert second.signature == after_first
+    assert second.params_max < first.params_max and second.macs_max < first.macs_max
