@@ -33,7 +33,6 @@ class ModuleCall:
 
     module: nn.Module
     positions: int  # output elements per channel (H*W for conv maps, 1 for a Linear on [N, F])
-    channels: int  # size of the output channel dimension
     weight: int  # share of the module's counted cost this call carries (elements touched)
     grad_fn: Any
 
@@ -87,7 +86,6 @@ def record_calls(model: nn.Module) -> Iterator[list[ModuleCall]]:
             ModuleCall(
                 module=module,
                 positions=per_sample // max(channels, 1),
-                channels=channels,
                 weight=weight,
                 grad_fn=out.grad_fn,
             )
