@@ -77,7 +77,7 @@ class CostModel:
     ) -> list[ChannelGroup]:
         return [
             ChannelGroup(scores=s, removable=max(u.size - f, 0), owned=o, round_to=round_to)
-            for u, s, f, o in zip(units, scores, floors, self.owned, strict=False)
+            for u, s, f, o in zip(units, scores, floors, self.owned, strict=True)
         ]
 
 
@@ -247,7 +247,7 @@ def _mac_terms(
     ]
     total_weight = sum(weights) or 1.0
     terms = []
-    for (_site, found), weight in zip(shares, weights, strict=False):
+    for (_site, found), weight in zip(shares, weights, strict=True):
         part = cost * weight / total_weight if len(shares) > 1 else cost
         channels = float(sum(size for _, size in found))
         if not found or channels <= 0:

@@ -104,7 +104,7 @@ class _Evaluator:
         # per group: ascending order and, per dimension, cumulative owned counts
         self.order = [torch.argsort(g.scores, stable=True) for g in groups]
         self.cumulative: list[list[tuple[int, torch.Tensor]]] = []
-        for group, order in zip(groups, self.order, strict=False):
+        for group, order in zip(groups, self.order, strict=True):
             rows = []
             for dim, counts in group.owned.items():
                 cum = torch.zeros(len(order) + 1, dtype=torch.float64)
@@ -114,7 +114,7 @@ class _Evaluator:
 
     def cost(self, counts: Sequence[int]) -> float:
         removed = torch.zeros_like(self.sizes)
-        for m, rows in zip(counts, self.cumulative, strict=False):
+        for m, rows in zip(counts, self.cumulative, strict=True):
             if m:
                 for dim, cum in rows:
                     removed[dim] += cum[m]
@@ -181,7 +181,7 @@ def plan_removal(
                 g.removable,
                 g.round_to,
             )
-            for pos, g in zip(positions, groups, strict=False)
+            for pos, g in zip(positions, groups, strict=True)
         ]
 
     total = len(ranking)
@@ -209,5 +209,5 @@ def plan_removal(
         granularity = fewer_cost - cost
         if fewer_cost - target_cost < target_cost - cost:
             chosen, cost = fewer, fewer_cost
-    removed = [order[:m].clone() for order, m in zip(evaluator.order, chosen, strict=False)]
+    removed = [order[:m].clone() for order, m in zip(evaluator.order, chosen, strict=True)]
     return BudgetPlan(removed=removed, cost=cost, base_cost=base, granularity=granularity)

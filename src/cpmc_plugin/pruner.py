@@ -380,7 +380,7 @@ class CPMCPruner(tp.pruner.BasePruner):
             raise self._unreachable(error) from None
         self._granularity = plan.granularity
         actions = []
-        for unit, removed, floor in zip(units, plan.removed, floors, strict=False):
+        for unit, removed, floor in zip(units, plan.removed, floors, strict=True):
             if len(removed) == 0:
                 continue
             if unit.size - len(removed) < floor:
