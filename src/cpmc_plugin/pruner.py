@@ -277,7 +277,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         """Counts of the model as it is now (counted again only after a step)."""
         if self._latest is None:
             self._latest = _count(self.model, self.example_inputs)
-            self._warn_if_off_target()
+            self._warn_if_off_target(self._latest)
         return self._latest
 
     def _cost_model(self, units: list[GroupUnits]) -> Any:
@@ -300,15 +300,15 @@ class CPMCPruner(tp.pruner.BasePruner):
         )
         best = lowest_cost(groups, dim_sizes=model.dim_sizes, terms=model.terms)
         if best > self.target_cost():
-            raise self._unreachable(UnreachableBudgetError("", best))
+            raise self._unreachable(best)
 
     @property
     def _rounding(self) -> int:
         return int(self.round_to) if self.round_to else 1
 
-    def _unreachable(self, error: UnreachableBudgetError) -> ValueError:
+    def _unreachable(self, best_cost: float) -> ValueError:
         initial = self._initial.macs if self.metric == "macs" else self._initial.params
-        best = 1.0 - error.best_cost / initial
+        best = 1.0 - best_cost / initial
         name = "flops_reduction" if self.metric == "macs" else "params_reduction"
         return ValueError(
             f"{name}={self.reduction} cannot be met under max_pruning_ratio="
@@ -377,7 +377,7 @@ class CPMCPruner(tp.pruner.BasePruner):
                 target_cost=self.target_cost(step),
             )
         except UnreachableBudgetError as error:
-            raise self._unreachable(error) from None
+            raise self._unreachable(error.best_cost) from None
         self._granularity = plan.granularity
         actions = []
         for unit, removed, floor in zip(units, plan.removed, floors, strict=True):
@@ -392,10 +392,9 @@ class CPMCPruner(tp.pruner.BasePruner):
             actions.append((root.target.module, root.handler, sorted(roots.tolist())))
         return actions
 
-    def _warn_if_off_target(self) -> None:
+    def _warn_if_off_target(self, counts: _Counts) -> None:
         initial = self._initial.macs if self.metric == "macs" else self._initial.params
-        assert self._latest is not None
-        now = self._latest.macs if self.metric == "macs" else self._latest.params
+        now = counts.macs if self.metric == "macs" else counts.params
         target = self.target_cost(self._pruned_step)
         if abs(now - target) > max(TOLERANCE * initial, self._granularity):
             warnings.warn(
