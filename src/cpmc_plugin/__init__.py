@@ -18,6 +18,7 @@ from .budget import UnreachableBudgetError
 from .functional import NORMALIZERS, combine_criteria, normalize
 from .importance import CPMCImportance
 from .io import load_pruned, save_pruned
+from .oicsr import OICSRImportance, OICSRRegularizer
 from .presets import CPMCPreset, get_preset, list_presets
 from .pruner import CPMCPruner
 from .report import LayerChannels, PruneReport
@@ -33,6 +34,8 @@ __all__ = [
     "CPMCPreset",
     "CPMCPruner",
     "LayerChannels",
+    "OICSRImportance",
+    "OICSRRegularizer",
     "PruneReport",
     "UnreachableBudgetError",
     "__version__",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch.utils._pytree import tree_map
+from tqdm.auto import tqdm
 
 from ._cost_model import GroupUnits, build_cost_model, map_calls
 from ._probe import positions_by_module, record_calls
@@ -138,6 +139,8 @@ class CPMCPruner(tp.pruner.BasePruner):
         ignored_layers: layers whose output channels are never pruned (e.g. the classifier).
         max_pruning_ratio: at most this fraction of any layer's channels goes, in (0, 1].
         round_to: keep channel counts multiples of this.
+        finetune_fn: called as ``finetune_fn(model, step)`` after every non-interactive
+            ``step()``: global greedy iterative pruning (prune a little, fine-tune, repeat).
         **host_options: passed to torch-pruning (``customized_pruners``,
             ``unwrapped_parameters``, ``root_module_types``, ``forward_fn``,
             ``output_transform``, ``in_channel_groups``, ``out_channel_groups``).
@@ -170,6 +173,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         ignored_layers: Sequence[nn.Module] | None = None,
         max_pruning_ratio: float = 0.9,
         round_to: int | None = None,
+        finetune_fn: Callable[[nn.Module, int], Any] | None = None,
         **host_options: Any,
     ) -> None:
         unknown = sorted(set(host_options) - HOST_OPTIONS)
@@ -193,6 +197,10 @@ class CPMCPruner(tp.pruner.BasePruner):
             isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1
         ):
             raise ValueError(f"round_to must be None or an int >= 1, got {round_to!r}")
+        if finetune_fn is not None and not callable(finetune_fn):
+            raise TypeError(
+                f"finetune_fn must be callable as finetune_fn(model, step), got {finetune_fn!r}"
+            )
         if importance is None:
             importance = CPMCImportance(example_inputs)
         if not callable(importance):
@@ -224,6 +232,7 @@ class CPMCPruner(tp.pruner.BasePruner):
             model.train(was_training)
 
         self.example_inputs = example_inputs
+        self.finetune_fn = finetune_fn
         self._units_cache: tuple[Any, list[GroupUnits]] | None = None
         self._granularity = 0.0
         self._model_cache: tuple[Any, Any] | None = None
@@ -240,6 +249,34 @@ class CPMCPruner(tp.pruner.BasePruner):
         if isinstance(importance, CPMCImportance):
             importance._ignored = self.ignored_layers
         self._check_reachable()
+
+    # ------------------------------------------------------------------ stepping
+    def step(self, interactive: bool = False) -> Generator[tp.Group, None, None] | None:
+        """Prune one of the ``iterative_steps`` (then call ``finetune_fn``, if given).
+
+        With ``interactive=True`` the groups are yielded for the caller to prune, as in
+        torch-pruning, and ``finetune_fn`` is left to the caller.
+        """
+        if interactive:
+            return super().step(interactive=True)
+        before = self.current_step
+        super().step()
+        pruned = before < self.current_step <= self.iterative_steps
+        if self.finetune_fn is not None and pruned:
+            self.finetune_fn(self.model, self.current_step)
+        return None
+
+    def prune(self, progress: bool = False) -> PruneReport:
+        """Run the remaining steps (each followed by ``finetune_fn``) and report.
+
+        Global greedy iterative pruning: every step removes the globally least
+        important channels worth ``reduction / iterative_steps`` of the budget,
+        measured on the model as the previous fine-tune left it.
+        """
+        remaining = range(self.current_step, self.iterative_steps)
+        for _ in tqdm(remaining, desc="pruning", unit="step", disable=not progress):
+            self.step()
+        return self.report()
 
     # ------------------------------------------------------------------ budget
     def target_cost(self, step: int | None = None) -> float:
