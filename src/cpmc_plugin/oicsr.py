@@ -222,6 +222,14 @@ class OICSRRegularizer:
         groups = self._current()
         return group_lasso(groups.sq_norms(), self._weights)
 
+    def add_penalty(self, loss: torch.Tensor, *_: Any) -> torch.Tensor:
+        """``loss + lam * penalty()``; its signature fits NNI's ``evaluator.patch_loss``.
+
+        Example (NNI 3.0): ``evaluator.patch_loss(reg.add_penalty)`` before
+        ``evaluator.train(...)`` sparse-trains through an NNI ``TorchEvaluator``.
+        """
+        return loss + self.lam * self.penalty()
+
     @torch.no_grad()
     def regularize(self, model: nn.Module | None = None) -> None:
         """Add ``lam * dR/dW`` to the gradients (after ``backward()``, before ``step()``)."""
