@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("cpmc-plugin", "torch", "torchvision", "torch-pruning", "nni", "scikit-learn")
 
 
-def _git(*args: str) -> str:
+def git_output(*args: str) -> str:
     try:
         done = subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=ROOT)
     except (OSError, subprocess.CalledProcessError):
@@ -36,7 +36,7 @@ def _version(name: str) -> str | None:
 
 def provenance(device: str = "cpu") -> dict[str, Any]:
     """Command line, platform, thread count, package versions, git state and UTC date."""
-    src_diff = _git("diff", "HEAD", "--", "src")
+    src_diff = git_output("diff", "HEAD", "--", "src")
     return {
         "command": shlex.join(["python", *sys.argv]),
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -47,6 +47,6 @@ def provenance(device: str = "cpu") -> dict[str, Any]:
         "device": device,
         "loadavg": os.getloadavg(),
         "versions": {name: _version(name) for name in PACKAGES},
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": git_output("rev-parse", "HEAD"),
         "src_diff_sha1": hashlib.sha1(src_diff.encode()).hexdigest() if src_diff else None,
     }

@@ -32,7 +32,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,9 @@ import torchvision
 from torch import nn
 
 import cpmc_plugin
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import git_output  # noqa: E402
 
 CLASSIFIER = {"resnet50": "fc", "densenet121": "classifier"}  # model name -> ignored layer
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,14 +112,6 @@ def bench_model(name: str, repeats: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _git(*args: str) -> str:
-    try:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=ROOT)
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return done.stdout.strip()
-
-
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| model | host s | CPMC s | ratio | host MACs red. | CPMC MACs red. |",
@@ -145,9 +139,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     load_before = os.getloadavg()
-    src_diff = _git("diff", "HEAD", "--", "src")  # the code timed: HEAD plus this diff
+    src_diff = git_output("diff", "HEAD", "--", "src")  # the code timed: HEAD plus this diff
     git = {
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": git_output("rev-parse", "HEAD"),
         "git_dirty_src": bool(src_diff),
         "src_diff_sha1": hashlib.sha1(src_diff.encode()).hexdigest() if src_diff else None,
     }
