@@ -35,6 +35,7 @@ __all__ = [
     "UnreachableBudgetError",
     "lowest_cost",
     "plan_removal",
+    "remove_lowest",
 ]
 
 
@@ -211,3 +212,43 @@ def plan_removal(
             chosen, cost = fewer, fewer_cost
     removed = [order[:m].clone() for order, m in zip(evaluator.order, chosen, strict=True)]
     return BudgetPlan(removed=removed, cost=cost, base_cost=base, granularity=granularity)
+
+
+def remove_lowest(
+    scores: Sequence[torch.Tensor],
+    count: int,
+    min_remove: Sequence[int],
+    max_remove: Sequence[int],
+) -> list[torch.Tensor]:
+    """Remove ``count`` channels, the lowest-scored across all groups, within per-group bounds.
+
+    Group ``i`` loses at least ``min_remove[i]`` and at most ``max_remove[i]`` channels:
+    its ``min_remove[i]`` lowest go first, then the globally lowest of the remaining
+    candidates until ``count`` are gone. Returns the removed indices per group, sorted.
+
+    Raises:
+        ValueError: ``count`` outside ``[sum(min_remove), sum(max_remove)]``.
+
+    Example:
+        >>> a, b = torch.tensor([0.1, 0.9, 0.2]), torch.tensor([0.05, 0.3])
+        >>> [r.tolist() for r in remove_lowest([a, b], 3, [0, 0], [2, 1])]
+        [[0, 2], [0]]
+    """
+    low, high = sum(min_remove), sum(max_remove)
+    if not low <= count <= high:
+        raise ValueError(
+            f"cannot remove {count} channels: the per-layer bounds allow {low} to {high}"
+        )
+    orders = [torch.argsort(s.double(), stable=True) for s in scores]
+    taken = list(min_remove)
+    candidates = [
+        (s.double()[o[lo:hi]], torch.full((hi - lo,), i, dtype=torch.long))
+        for i, (s, o, lo, hi) in enumerate(zip(scores, orders, min_remove, max_remove, strict=True))
+    ]
+    if candidates and count > low:
+        values = torch.cat([c[0] for c in candidates])
+        owners = torch.cat([c[1] for c in candidates])
+        chosen = owners[torch.argsort(values, stable=True)[: count - low]]
+        for i, n in enumerate(torch.bincount(chosen, minlength=len(scores)).tolist()):
+            taken[i] += n  # each group's candidates are ascending, so its lowest go first
+    return [torch.sort(o[:n]).values for o, n in zip(orders, taken, strict=True)]

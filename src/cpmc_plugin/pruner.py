@@ -301,10 +301,15 @@ class CPMCPruner(tp.pruner.BasePruner):
         self._units_cache = (signature, units)
         return units
 
+    def _max_ratio(self, module: nn.Module) -> float:
+        """The most of ``module``'s initial channels that may go (one cap for all here)."""
+        return float(self.max_pruning_ratio)
+
     def _floor(self, unit: GroupUnits) -> int:
         module = unit.group[0].dep.target.module
         initial = self.layer_init_out_ch.get(module) or len(unit.group[0].idxs)
-        floor = max(1, math.ceil(initial / unit.ch_groups * (1 - self.max_pruning_ratio) - 1e-9))
+        cap = self._max_ratio(module)
+        floor = max(1, math.ceil(initial / unit.ch_groups * (1 - cap) - 1e-9))
         if self.round_to:
             floor = math.ceil(floor / self.round_to) * self.round_to
         return min(floor, unit.size)

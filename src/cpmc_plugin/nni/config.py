@@ -1,0 +1,89 @@
+"""Checks of an NNI ``config_list`` for CPMC, before NNI wraps anything."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["SUPPORTED_KEYS", "check_config_list"]
+
+SELECTORS = ("op_types", "op_names", "op_names_re")
+#: the keys of NNI 3.0's pruning config that CPMCPruner honours
+SUPPORTED_KEYS = frozenset(
+    {
+        *SELECTORS,
+        "exclude_op_names",
+        "exclude_op_types",
+        "exclude_op_names_re",
+        "sparse_ratio",
+        "max_sparse_ratio",
+        "min_sparse_ratio",
+        "global_group_id",
+        "dependency_group_id",
+    }
+)
+#: NNI keys that make no sense for whole-channel CPMC masks
+UNSUPPORTED_KEYS = frozenset(
+    {
+        "sparse_threshold",
+        "granularity",
+        "align",
+        "internal_metric_block",
+        "apply_method",
+        "target_names",
+        "target_settings",
+    }
+)
+
+
+def _ratio(config: dict[str, Any], key: str, *, low_open: bool, high_open: bool) -> None:
+    if key not in config:
+        return
+    value = config[key]
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    allowed = f"a number in {lo}0, 1{hi}"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+    if not ok:
+        raise ValueError(f"{key} must be {allowed}, got {value!r}")
+
+
+def check_config_list(config_list: Any, *, budget_given: bool) -> None:
+    """Raise ``ValueError`` naming the problem unless CPMC can honour ``config_list``.
+
+    Example:
+        >>> check_config_list([{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], budget_given=False)
+        >>> check_config_list([{"op_types": ["Conv2d"], "sparse_ratio": 1.5}], budget_given=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: sparse_ratio must be a number in [0, 1), got 1.5
+    """
+    if not isinstance(config_list, list) or not config_list:
+        raise ValueError(f"config_list must be a non-empty list of dicts, got {config_list!r}")
+    for config in config_list:
+        if not isinstance(config, dict):
+            raise ValueError(f"every config_list entry must be a dict, got {config!r}")
+        unknown = sorted(set(config) - SUPPORTED_KEYS)
+        if unknown:
+            refused = [k for k in unknown if k in UNSUPPORTED_KEYS]
+            why = (
+                f"CPMCPruner masks whole output channels and does not take {', '.join(refused)}"
+                if refused
+                else f"unknown config key(s) {', '.join(unknown)}"
+            )
+            raise ValueError(f"{why}; supported keys: {', '.join(sorted(SUPPORTED_KEYS))}")
+        if not any(k in config for k in SELECTORS):
+            raise ValueError(f"a config needs one of {', '.join(SELECTORS)}: {config!r}")
+        _ratio(config, "sparse_ratio", low_open=False, high_open=True)
+        _ratio(config, "max_sparse_ratio", low_open=True, high_open=False)
+        _ratio(config, "min_sparse_ratio", low_open=False, high_open=True)
+        if not budget_given and "sparse_ratio" not in config:
+            raise ValueError(
+                f"a config needs sparse_ratio unless flops_reduction is given: {config!r}"
+            )
+        if budget_given and "dependency_group_id" in config:
+            raise ValueError(
+                "dependency_group_id cannot be combined with flops_reduction: the FLOPs "
+                "budget ties coupled channels itself; use sparse_ratio with dependency groups"
+            )
