@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 
 __all__ = [
+    "build_graph",
     "ModuleCall",
     "channel_dim",
     "positions_by_module",
@@ -123,3 +125,22 @@ def probe_positions(
     finally:
         model.train(was_training)
     return positions_by_module(calls)
+
+
+def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model``, traced in eval mode.
+
+    Tracing in eval mode leaves BatchNorm running statistics alone; the model's
+    train/eval mode is restored. Inputs that cannot run give a ``ValueError``.
+    """
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs)
+    except Exception as error:
+        raise ValueError(
+            f"example_inputs cannot run through the model: {type(error).__name__}: {error}"
+        ) from error
+    finally:
+        model.train(was_training)

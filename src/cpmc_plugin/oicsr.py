@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ._probe import build_graph
 from ._weight_groups import WeightGroups
 from .proximal import (
     check_finite_nonnegative,
@@ -118,18 +119,7 @@ class OICSRRegularizer:
 
     # ------------------------------------------------------------------ groups
     def _trace(self) -> tp.DependencyGraph:
-        inner = unwrap(self.model)
-        was_training = inner.training
-        try:
-            inner.eval()  # tracing must not move BatchNorm running statistics
-            with torch.enable_grad():
-                return tp.DependencyGraph().build_dependency(inner, self.example_inputs)
-        except Exception as error:
-            raise ValueError(
-                f"example_inputs cannot run through the model: {type(error).__name__}: {error}"
-            ) from error
-        finally:
-            inner.train(was_training)
+        return build_graph(unwrap(self.model), self.example_inputs)
 
     def _all_groups(self, graph: tp.DependencyGraph) -> list[tp.Group]:
         return list(

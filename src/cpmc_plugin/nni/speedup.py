@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
+from .._probe import build_graph
 from ..importance import ROOT_TYPES
 
 __all__ = ["speedup"]
@@ -91,17 +91,7 @@ def speedup(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]], e
             f"the model is still wrapped by NNI ({wrapped[0]}); call pruner.unwrap_model() first"
         )
     checked = _checked(model, masks)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs)
-    except Exception as error:
-        raise ValueError(
-            f"example_inputs cannot run through the model: {type(error).__name__}: {error}"
-        ) from error
-    finally:
-        model.train(was_training)
+    graph = build_graph(model, example_inputs)
     dropped = {m: _dropped_channels(m, t) for m, t in checked.items()}
     plan = []
     for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
