@@ -1,0 +1,52 @@
+"""Criteria by name: every one ranks channels for CPMCPruner's exact FLOPs budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+
+from cpmc_plugin import CPMCImportance, CPMCPruner, OICSRImportance
+from cpmc_plugin.criteria import CRITERIA, make_importance, needs_gradients
+
+from .archs import ARCHS, build, classifier_of
+
+
+def test_names_map_to_the_host_and_cpmc_importances() -> None:
+    assert CRITERIA[:3] == ("cpmc", "cpmc-a", "oicsr")
+    assert isinstance(make_importance("CPMC"), CPMCImportance)
+    assert make_importance("cpmc-a").weight_dependency is False
+    assert isinstance(make_importance("oicsr"), OICSRImportance)
+    assert make_importance("l1").p == 1 and make_importance("l2").p == 2
+    assert isinstance(make_importance("lamp"), tp.importance.LAMPImportance)
+    assert isinstance(make_importance("bn-scale"), tp.importance.BNScaleImportance)
+    assert isinstance(make_importance("random"), tp.importance.RandomImportance)
+    preset = make_importance("cpmc", family="densenet", alpha=0.3)
+    assert (preset.alpha, preset.beta) == (0.3, 0.5)  # explicit alpha over the preset's
+
+
+@pytest.mark.parametrize("name", CRITERIA)
+def test_every_criterion_meets_the_budget(name: str) -> None:
+    net = build(ARCHS[0])
+    x = torch.randn(2, 3, 32, 32)
+    if needs_gradients(name):
+        F.cross_entropy(net(x), torch.tensor([0, 1])).backward()
+    pruner = CPMCPruner(
+        net,
+        x[:1],
+        importance=make_importance(name, x[:1]),
+        flops_reduction=0.5,
+        ignored_layers=[classifier_of(net)],
+    )
+    pruner.step()
+    assert abs(pruner.report().macs_reduction - 0.5) < 0.02
+
+
+def test_bad_names_and_options_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown criterion 'l3'; known criteria: cpmc, cpmc-a"):
+        make_importance("l3")
+    with pytest.raises(ValueError, match=r"criterion 'l1' takes no options"):
+        make_importance("l1", alpha=0.1)
+    with pytest.raises(ValueError, match=r"unknown preset .transformer.; known presets"):
+        make_importance("cpmc", family="transformer")
