@@ -1,0 +1,453 @@
+"""``cpmc-prune``: train, prune to a FLOPs budget, fine-tune, evaluate, report; or the demo.
+
+Every command reads and writes :class:`~cpmc_plugin.cli.checkpoint.Checkpoint` files.
+A bad argument, a missing or corrupt checkpoint, or an output that exists already
+gives a one-line error and exit code 2; no file is written then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_pruning as tp
+
+from ..criteria import CRITERIA, make_importance, needs_gradients
+from ..data import list_datasets, make_loaders
+from ..models import create_model, list_models
+from ..presets import list_presets
+from ..pruner import CPMCPruner
+from . import report as reporting
+from .checkpoint import Checkpoint
+from .training import Distributed, accuracy, distributed, fit
+
+__all__ = ["main"]
+
+
+# ---------------------------------------------------------------------- argument types
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+# ---------------------------------------------------------------------- helpers
+def _fresh_output(path: Path, force: bool, resume: bool = False) -> None:
+    if path.exists() and not (force or resume):
+        raise ValueError(f"{path} exists; pass --force to overwrite it")
+
+
+def _loaders(ckpt: Checkpoint, args: argparse.Namespace, env: Distributed) -> tuple[Any, Any]:
+    train, test, _ = make_loaders(
+        ckpt.dataset,
+        args.data_root,
+        batch_size=args.batch_size,
+        train_subset=args.train_subset,
+        seed=args.seed,
+        distributed=env.world_size > 1,
+    )
+    return train, test
+
+
+def _counts(model: nn.Module, ckpt: Checkpoint) -> tuple[int, int]:
+    macs, params = tp.utils.count_ops_and_params(model, ckpt.example_inputs)
+    return int(macs), int(params)
+
+
+def _train_run(
+    model: nn.Module, ckpt: Checkpoint, args: argparse.Namespace, kind: str, out: Path
+) -> Checkpoint:
+    """Train or fine-tune ``model``, saving a resumable checkpoint after every epoch."""
+    env = distributed()
+    torch.manual_seed(args.seed)
+    train, test = _loaders(ckpt, args, env)
+    start, state = 0, None
+    if args.resume and out.exists():
+        previous = Checkpoint.load(out)
+        if previous.training and previous.training.get("kind") == kind:
+            model = previous.build()
+            start, state = previous.training["next_epoch"], previous.training["optimizer"]
+            print(f"resuming {kind} at epoch {start + 1} of {args.epochs} from {out}")
+
+    def save(epoch: int, optimizer_state: dict[str, Any]) -> None:
+        done = epoch + 1 >= args.epochs
+        training = (
+            None
+            if done
+            else {
+                "kind": kind,
+                "next_epoch": epoch + 1,
+                "epochs": args.epochs,
+                "optimizer": optimizer_state,
+            }
+        )
+        Checkpoint.of(model, like=ckpt, training=training).save(out)
+
+    fit(
+        model,
+        train,
+        epochs=args.epochs,
+        lr=args.lr,
+        env=env,
+        start_epoch=start,
+        optimizer_state=state,
+        on_epoch_end=save,
+        desc=kind,
+    )
+    result = Checkpoint.of(model, like=ckpt)
+    if env.is_main:
+        acc = accuracy(model, test, env.device if env.world_size == 1 else torch.device("cpu"))
+        macs, params = _counts(model, ckpt)
+        key = "baseline" if kind == "train" else "finetuned"
+        result.metrics[key] = {"accuracy": acc, "macs": macs, "params": params}
+        result.save(out)
+        print(f"{kind}: accuracy {acc:.2%}, {params:,} params, {macs:,} MACs -> {out}")
+    return result
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    _fresh_output(out, args.force, args.resume)
+    _, _, info = make_loaders(args.dataset, args.data_root, batch_size=args.batch_size)
+    kwargs = {"num_classes": info.num_classes, "in_channels": info.in_channels}
+    model = create_model(args.model, **kwargs)
+    ckpt = Checkpoint(args.model.lower(), kwargs, args.dataset, info.image_size, model.state_dict())
+    _train_run(model, ckpt, args, "train", out)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    _fresh_output(out, args.force, args.resume)
+    ckpt = Checkpoint.load(args.checkpoint)
+    _train_run(ckpt.build(), ckpt, args, "finetune", out)
+
+
+def prune_model(
+    model: nn.Module,
+    ckpt: Checkpoint,
+    criterion: str,
+    *,
+    flops_reduction: float | None = None,
+    params_reduction: float | None = None,
+    alpha: float | None = None,
+    beta: float | None = None,
+    preset: str | None = None,
+    steps: int = 1,
+    grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> CPMCPruner:
+    """Prune ``model`` in place with ``criterion`` to the budget; return the pruner."""
+    options = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
+    x = ckpt.example_inputs
+    importance = make_importance(criterion, x, family=preset, **options)
+    if needs_gradients(criterion):
+        if grad_batch is None:
+            raise ValueError(f"criterion {criterion!r} needs a batch to compute gradients")
+        model.zero_grad()
+        F.cross_entropy(model(grad_batch[0]), grad_batch[1]).backward()
+    classifier = getattr(model, "classifier", None)
+    pruner = CPMCPruner(
+        model,
+        x,
+        importance=importance,
+        flops_reduction=flops_reduction,
+        params_reduction=params_reduction,
+        iterative_steps=steps,
+        ignored_layers=[classifier] if isinstance(classifier, nn.Module) else None,
+    )
+    if needs_gradients(criterion):
+        for _ in range(steps):  # gradients of the current shapes before every step
+            model.zero_grad()
+            assert grad_batch is not None
+            F.cross_entropy(model(grad_batch[0]), grad_batch[1]).backward()
+            pruner.step()
+        model.zero_grad()
+    else:
+        pruner.prune()
+    return pruner
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    _fresh_output(out, args.force)
+    if args.preset and not args.criterion.startswith("cpmc"):
+        raise ValueError(f"--preset is for the cpmc criteria, not {args.criterion!r}")
+    ckpt = Checkpoint.load(args.checkpoint)
+    model = ckpt.build().eval()
+    train, test = _loaders(ckpt, args, distributed())
+    batch = next(iter(train)) if needs_gradients(args.criterion) else None
+    pruner = prune_model(
+        model,
+        ckpt,
+        args.criterion,
+        flops_reduction=args.flops_reduction,
+        params_reduction=args.params_reduction,
+        alpha=args.alpha,
+        beta=args.beta,
+        preset=args.preset,
+        steps=args.steps,
+        grad_batch=batch,
+    )
+    report = pruner.report()
+    acc = accuracy(model, test, torch.device("cpu"))
+    result = Checkpoint.of(
+        model,
+        like=ckpt,
+        history=[*ckpt.pruning_history, *pruner.pruning_history()],
+        metrics={
+            "pruned": {
+                "accuracy": acc,
+                "macs": report.macs_after,
+                "params": report.params_after,
+                "criterion": args.criterion,
+            }
+        },
+    )
+    result.save(out)
+    print(
+        f"pruned with {args.criterion}: MACs -{report.macs_reduction:.2%}, params "
+        f"-{report.params_reduction:.2%}, accuracy without fine-tuning {acc:.2%} -> {out}"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    ckpt = Checkpoint.load(args.checkpoint)
+    model = ckpt.build()
+    _, test = _loaders(ckpt, args, distributed())
+    acc = accuracy(model, test, torch.device("cpu"))
+    macs, params = _counts(model, ckpt)
+    print(
+        f"{ckpt.model_name} on {ckpt.dataset}: accuracy {acc:.2%}, {params:,} params, {macs:,} MACs"
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    baseline, final = Checkpoint.load(args.baseline), Checkpoint.load(args.checkpoint)
+    if (baseline.model_name, baseline.dataset) != (final.model_name, final.dataset):
+        raise ValueError(
+            f"--baseline is a {baseline.model_name} on {baseline.dataset}, the checkpoint a "
+            f"{final.model_name} on {final.dataset}: report needs the same model and data"
+        )
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise ValueError(f"{out} is not empty; pass --force to write into it")
+    train, test = _loaders(baseline, args, distributed())
+    files = reporting.write_report(
+        baseline,
+        final,
+        out,
+        train=train,
+        test=test,
+        criteria=args.criteria,
+        rates=args.rates,
+        prune=prune_model,
+    )
+    print(reporting.table(files["summary"]))
+    print(f"report written to {out}: " + ", ".join(sorted(p.name for p in files["paths"])))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise ValueError(f"{out} is not empty; pass --force to write into it")
+    started = time.time()
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    common = {
+        "data_root": None,
+        "batch_size": 64,
+        "train_subset": args.train_subset,
+        "seed": 0,
+        "force": True,
+        "resume": False,
+    }
+    steps = [
+        (
+            "train",
+            argparse.Namespace(
+                **common,
+                model=args.model,
+                dataset=args.dataset,
+                epochs=args.epochs,
+                lr=0.1,
+                out=out / "baseline.pt",
+            ),
+        ),
+        (
+            "prune",
+            argparse.Namespace(
+                **common,
+                checkpoint=out / "baseline.pt",
+                criterion="cpmc",
+                flops_reduction=0.5,
+                params_reduction=None,
+                alpha=None,
+                beta=None,
+                preset="resnet",
+                steps=1,
+                out=out / "pruned.pt",
+            ),
+        ),
+        (
+            "finetune",
+            argparse.Namespace(
+                **common,
+                checkpoint=out / "pruned.pt",
+                epochs=args.finetune_epochs,
+                lr=0.02,
+                out=out / "finetuned.pt",
+            ),
+        ),
+        (
+            "report",
+            argparse.Namespace(
+                **common,
+                baseline=out / "baseline.pt",
+                checkpoint=out / "finetuned.pt",
+                out_dir=out / "report",
+                criteria=["cpmc", "l1", "random"],
+                rates=[0.3, 0.5, 0.7],
+            ),
+        ),
+    ]
+    for name, namespace in steps:
+        print(f"== cpmc-prune {name}")
+        COMMANDS[name](namespace)
+    print(f"demo finished in {time.time() - started:.0f} s; files in {out.resolve()}")
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "prune": cmd_prune,
+    "finetune": cmd_finetune,
+    "evaluate": cmd_evaluate,
+    "report": cmd_report,
+    "demo": cmd_demo,
+}
+
+
+# ---------------------------------------------------------------------- parser
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default=None, help="data set directory (see cpmc_plugin.data)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument(
+        "--train-subset",
+        type=positive_int,
+        default=None,
+        help="train on this many images (a seeded subset)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cpmc-prune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from scratch")
+    p.add_argument("--model", required=True, choices=list_models(), type=str.lower)
+    p.add_argument("--dataset", default="digits", choices=list_datasets())
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--lr", type=non_negative, default=0.1)
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run at --out")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    _data_options(p)
+
+    p = sub.add_parser("prune", help="prune a checkpoint to a FLOPs or parameter budget")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--criterion", default="cpmc", choices=CRITERIA, type=str.lower)
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--flops-reduction", type=fraction, default=None)
+    budget.add_argument("--params-reduction", type=fraction, default=None)
+    p.add_argument("--alpha", type=non_negative, default=None)
+    p.add_argument("--beta", type=non_negative, default=None)
+    p.add_argument("--preset", choices=list_presets(), default=None)
+    p.add_argument("--steps", type=positive_int, default=1, help="iterative steps")
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true")
+    _data_options(p)
+
+    p = sub.add_parser("finetune", help="fine-tune a (pruned) checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--epochs", type=positive_int, default=5)
+    p.add_argument("--lr", type=non_negative, default=0.01)
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--force", action="store_true")
+    _data_options(p)
+
+    p = sub.add_parser("evaluate", help="accuracy, parameters and MACs of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    _data_options(p)
+
+    p = sub.add_parser("report", help="table, JSON and plots: baseline vs final checkpoint")
+    p.add_argument("--baseline", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--criteria", nargs="+", choices=CRITERIA, default=["cpmc", "l1", "random"])
+    p.add_argument("--rates", nargs="+", type=fraction, default=[0.3, 0.5, 0.7])
+    p.add_argument("--force", action="store_true")
+    _data_options(p)
+
+    p = sub.add_parser("demo", help="the whole story offline: train, prune, fine-tune, report")
+    p.add_argument("--out-dir", default="cpmc-demo")
+    p.add_argument("--model", default="resnet20", choices=list_models())
+    p.add_argument("--dataset", default="digits", choices=list_datasets())
+    p.add_argument("--epochs", type=positive_int, default=8)
+    p.add_argument("--finetune-epochs", type=positive_int, default=4)
+    p.add_argument("--train-subset", type=positive_int, default=None)
+    p.add_argument("--force", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``cpmc-prune``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, OSError, KeyError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        print(f"cpmc-prune {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _entry()
