@@ -1,0 +1,763 @@
+"""Every pruning criterion at the same FLOPs budgets: accuracy, and CPU latency vs FLOPs.
+
+Protocol (one process; CPU unless ``--device`` finds a GPU for the training loops):
+
+1. Baseline, once per model: ``--epochs`` of ``cpmc_plugin.cli.training.fit`` (SGD
+   momentum 0.9, weight decay 5e-4, cosine learning rate from ``--lr``, batch 128, the
+   augmentation of ``cpmc_plugin.data``) on ``--train-subset`` training images (seeded
+   selection, as ``make_loaders`` draws it). The state dict is cached in
+   ``benchmarks/results/cache/`` under ``criteria-{data}-{model}-n{images}-e{epochs}-
+   lr{lr}-s{seed}.pt``, so reruns skip training (``--no-cache`` retrains).
+2. Prune, for every criterion and rate, a deep copy of the baseline in one shot with
+   ``CPMCPruner(model, x, importance=make_importance(criterion, x, family=...),
+   flops_reduction=rate, ignored_layers=[model.classifier])``: every criterion gets the
+   same exact MACs budget (within 0.5 pp). ``cpmc`` and ``cpmc-a`` use the model
+   family's preset (``cpmc_plugin.get_preset``), ``cpmc-default`` the default
+   alpha/beta. ``taylor`` gets the gradients of one fixed training batch (eval mode)
+   right before the prune, as ``cpmc-prune prune`` does. Rates: ``--grid-rates`` for
+   ``--grid-model``, ``--other-rates`` for the other models.
+3. Test accuracy (``--test-subset`` images of the test split, the same for every row):
+   right after pruning ("no-FT"); after BatchNorm recalibration
+   (``cpmc_plugin.cli.training.recalibrate_bn`` over ``--calib-batches`` batches of 128
+   un-augmented training images, the same for every row: "BN-recal"); and after a fixed
+   fine-tune of the recalibrated model (``fit`` for ``--finetune-epochs`` on
+   ``--finetune-subset`` images of the training subset, cosine from ``--finetune-lr``),
+   once per fine-tune seed: ``--seeds`` for the grid model, the first seed only for the
+   others (``--other-seeds`` overrides). Mean and sample standard deviation over seeds.
+4. CPU latency (eval mode, ``torch.inference_mode``, ``--threads`` threads): per rate,
+   the ``cpmc``-pruned model (``--latency-all``: every criterion's) against the
+   baseline, interleaved, median over ``--latency-reps`` forward passes of a batch of 64
+   (and 5x as many of a batch of 1) after warm-up; measured speed-up vs MACs speed-up
+   (baseline MACs / pruned MACs, ``tp.utils.count_ops_and_params``).
+
+Prints a markdown table per model (best value per rate in bold), a mean-rank table and
+a latency table, and the seconds spent in each phase; writes JSON (provenance,
+options, every raw number, per-phase wall time) to ``benchmarks/results/criteria.json``
+after every row, so an interrupted run keeps what it did. ``--markdown`` writes the
+tables to a file too.
+
+Models: registry names (``cpmc_plugin.models``: resnet20, vgg16, densenet40, ...) or
+the small stand-ins of ``benchmarks/_tiny_models.py`` that the presets were chosen on:
+``tiny-vgg`` (VGG-style, 0.30 M params), ``tiny-resnet``, ``tiny-densenet``
+(DenseNet-style, 0.08 M params). At 28x28, VGG-16 costs about 7x and DenseNet-40 about
+12x a ResNet-20 per training image on a CPU, so the CPU default uses the stand-ins.
+
+Run from the repository root. The default, on 2 CPU cores with nothing else running,
+takes an estimated 45 to 50 minutes (about 28 for ResNet-20's 30 rows with 3 fine-tunes
+each, 6 for tiny-vgg, 12 for tiny-densenet; the baselines are about 5 of that, skipped
+with the cache). Estimated from per-image timings at 28x28 (1 thread: ResNet-20 5.0 ms
+to train, 2.0 ms to evaluate; tiny-vgg 5.0/2.1; tiny-densenet 7.9/4.4) and about 1.7x
+for 2 threads; the phase table of a real run replaces it::
+
+    python benchmarks/criteria.py --markdown benchmarks/results/criteria.md
+
+That is ``--dataset fashion-mnist --models resnet20 tiny-vgg tiny-densenet
+--grid-model resnet20 --grid-rates 0.3 0.5 0.7 --other-rates 0.5 --criteria`` (all ten)
+``--epochs 3 --train-subset 10000 --finetune-epochs 1 --finetune-subset 5000
+--test-subset 5000 --calib-batches 20 --seeds 0 1 2 --threads 2``. Evaluation is about
+a third of the time: ``--test-subset`` is the knob for it, ``--no-finetune`` leaves
+about a quarter. On a GPU (training, evaluation and recalibration there, latency still
+on the CPU), one model per run, e.g.::
+
+    python benchmarks/criteria.py --models vgg16 --grid-model vgg16 --train-subset 0 \
+        --epochs 15 --finetune-subset 20000 --finetune-epochs 2 --test-subset 0 \
+        --threads 8 --workers 4 --out benchmarks/results/criteria_gpu_vgg16.json
+
+Quick check (seconds)::
+
+    python benchmarks/criteria.py --dataset digits --models resnet20 --grid-rates 0.5 \\
+        --criteria cpmc l1 taylor --epochs 1 --seeds 0 --threads 1 --out /tmp/crit.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch.utils.data import DataLoader, Dataset, Subset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _provenance import ROOT, provenance  # noqa: E402
+from _tiny_models import FAMILIES, build_model  # noqa: E402
+
+import cpmc_plugin.cli.training as training  # noqa: E402
+from cpmc_plugin import CPMCPruner, get_preset  # noqa: E402
+from cpmc_plugin.cli.training import Distributed, accuracy, fit, recalibrate_bn  # noqa: E402
+from cpmc_plugin.criteria import CRITERIA, make_importance, needs_gradients  # noqa: E402
+from cpmc_plugin.data import dataset_info, load_dataset, make_loaders  # noqa: E402
+from cpmc_plugin.models import create_model, list_models  # noqa: E402
+from cpmc_plugin.presets import DEFAULT_ALPHA, DEFAULT_BETA  # noqa: E402
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "criteria.json"
+CACHE_DIR = ROOT / "benchmarks" / "results" / "cache"
+ALL_CRITERIA = (*CRITERIA, "cpmc-default")
+TINY = "tiny-"
+BATCH, EVAL_BATCH = 128, 500
+LATENCY_BATCHES = (64, 1)
+# higher is better in these columns (bold marks the best per rate)
+ACC_COLUMNS = ("acc_no_ft", "acc_bn_recal", "acc_ft_mean")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Phases:
+    """Wall-clock seconds per phase, per model and in total."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+
+    @contextmanager
+    def __call__(self, model: str, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[model][phase] += time.perf_counter() - started
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        out = {m: {p: round(s, 1) for p, s in d.items()} for m, d in self.seconds.items()}
+        total: dict[str, float] = defaultdict(float)
+        for phases in self.seconds.values():
+            for phase, seconds in phases.items():
+                total[phase] += seconds
+        out["total"] = {p: round(s, 1) for p, s in total.items()}
+        return out
+
+
+# ---------------------------------------------------------------------------- data
+def load_data(args: argparse.Namespace) -> dict[str, Any]:
+    """Loaders of the data set (digits, with a warning, if it is not installed)."""
+    name, fallback = args.dataset, None
+    try:
+        data = _load(name, args)
+    except ValueError as error:
+        if name == "digits":
+            raise
+        fallback, name = str(error), "digits"
+        log(f"WARNING: data set {args.dataset!r} unavailable ({error}); falling back to digits")
+        data = _load(name, args)
+    data["fallback_reason"] = fallback
+    return data
+
+
+def _size(requested: int | None, available: int) -> int | None:
+    return None if not requested or requested >= available else requested
+
+
+def _load(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    info = dataset_info(name)
+    train_subset = _size(args.train_subset, info.train_size)
+    train, test, info = make_loaders(
+        name,
+        args.data_root,
+        batch_size=BATCH,
+        train_subset=train_subset,
+        test_subset=_size(args.test_subset, info.test_size),
+        seed=args.data_seed,
+        num_workers=args.workers,
+    )
+    train_set: Any = train.dataset
+    indices = (
+        list(train_set.indices) if isinstance(train_set, Subset) else list(range(len(train_set)))
+    )
+    plain = load_dataset(name, args.data_root, train=True, augment=False)
+    ft_size = _size(args.finetune_subset, len(indices)) or len(indices)
+    order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(args.data_seed))
+    finetune_set = Subset(train_set, sorted(order[:ft_size].tolist()))
+    calib = Subset(plain, indices[: args.calib_batches * BATCH])
+    test_set: Any = test.dataset
+    return {
+        "name": name,
+        "info": info,
+        "train": train,
+        "train_set": train_set,
+        "finetune_set": finetune_set,
+        "calib": DataLoader(calib, batch_size=BATCH),
+        "test": DataLoader(test_set, batch_size=EVAL_BATCH),
+        "example": plain[indices[0]][0].unsqueeze(0),
+        "sizes": {
+            "train": len(train_set),
+            "finetune": len(finetune_set),
+            "calibration": len(calib),
+            "test": len(test_set),
+        },
+    }
+
+
+def shuffled(dataset: Dataset[Any], seed: int, workers: int = 0) -> DataLoader[Any]:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=BATCH, shuffle=True, generator=generator, num_workers=workers
+    )
+
+
+class OnDevice:
+    """Iterate a loader with its images moved to ``device`` (for ``recalibrate_bn``)."""
+
+    def __init__(self, loader: DataLoader[Any], device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self.loader:
+            yield images.to(self.device), labels
+
+
+# ---------------------------------------------------------------------------- models
+def _where(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def family_of(model_name: str) -> str | None:
+    key = model_name.lower().removeprefix(TINY)
+    return next((f for f in ("resnet", "vgg", "densenet") if key.startswith(f)), None)
+
+
+def build(model_name: str, info: Any) -> nn.Module:
+    kwargs = {"in_channels": info.in_channels, "num_classes": info.num_classes}
+    if model_name.startswith(TINY):
+        return build_model(model_name[len(TINY) :], **kwargs)
+    return create_model(model_name, **kwargs)
+
+
+def percent(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> float:
+    return 100.0 * accuracy(model, loader, device)
+
+
+def recalibrate(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> None:
+    batches = OnDevice(loader, device)
+    recalibrate_bn(model.to(device), batches, batches=len(loader))  # type: ignore[arg-type]
+    model.to("cpu").eval()
+
+
+def baseline(
+    model_name: str, data: dict[str, Any], args: argparse.Namespace, env: Distributed
+) -> tuple[nn.Module, dict[str, Any]]:
+    torch.manual_seed(args.base_seed)
+    model = build(model_name, data["info"])
+    n = data["sizes"]["train"]
+    key = (
+        f"criteria-{data['name']}-{model_name}-n{n}-e{args.epochs}-lr{args.lr:g}-s{args.base_seed}"
+    )
+    path = args.cache_dir / f"{key}.pt"
+    if path.exists() and not args.no_cache:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["state_dict"])
+        log(f"[{model_name}] baseline loaded from {_where(path)}")
+        return model.eval(), {
+            "cache_file": str(_where(path)),
+            "cached": True,
+            **{k: v for k, v in saved.items() if k != "state_dict"},
+        }
+    log(f"[{model_name}] training baseline {key} on {env.device}")
+    started = time.perf_counter()
+    fit(model, data["train"], epochs=args.epochs, lr=args.lr, env=env, desc=f"{model_name} train")
+    train_s = round(time.perf_counter() - started, 1)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.partial")
+    torch.save(
+        {"state_dict": model.state_dict(), "train_s": train_s, "device": str(env.device)}, tmp
+    )
+    tmp.replace(path)
+    return model.eval(), {
+        "cache_file": str(_where(path)),
+        "cached": False,
+        "train_s": train_s,
+        "device": str(env.device),
+    }
+
+
+def prune(
+    model: nn.Module,
+    criterion: str,
+    rate: float,
+    example: torch.Tensor,
+    family: str | None,
+    grad_batch: tuple[torch.Tensor, torch.Tensor],
+) -> str:
+    """Prune ``model`` in place to ``rate`` fewer MACs; return the importance's repr."""
+    name = "cpmc" if criterion == "cpmc-default" else criterion
+    importance = make_importance(
+        name, example, family=None if criterion == "cpmc-default" else family
+    )
+    model.eval()
+    if needs_gradients(name):
+        model.zero_grad()
+        F.cross_entropy(model(grad_batch[0]), grad_batch[1]).backward()
+    pruner = CPMCPruner(
+        model,
+        example,
+        importance=importance,
+        flops_reduction=rate,
+        ignored_layers=[model.get_submodule("classifier")],
+    )
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    text = repr(importance)  # torch-pruning's importances have no repr of their own
+    return type(importance).__name__ if " object at 0x" in text else text
+
+
+# ---------------------------------------------------------------------------- latency
+@torch.inference_mode()
+def latency_ms(models: dict[str, nn.Module], batch: int, example: torch.Tensor, reps: int) -> dict:
+    """Median milliseconds per forward pass of each model, interleaved, after warm-up."""
+    x = example.expand(batch, *example.shape[1:]).contiguous()
+    for model in models.values():
+        model.to("cpu").eval()
+    for _ in range(max(2, reps // 10)):
+        for model in models.values():
+            model(x)
+    times: dict[str, list[float]] = {key: [] for key in models}
+    for _ in range(reps):
+        for key, model in models.items():
+            started = time.perf_counter()
+            model(x)
+            times[key].append(time.perf_counter() - started)
+    return {key: 1e3 * statistics.median(values) for key, values in times.items()}
+
+
+def measure_latency(
+    base: nn.Module,
+    pruned: dict[str, nn.Module],
+    example: torch.Tensor,
+    reps: int,
+    base_macs: float,
+    macs: dict[str, float],
+) -> list[dict[str, Any]]:
+    rows = []
+    for batch in LATENCY_BATCHES:
+        n = reps if batch > 1 else 5 * reps
+        for key, model in pruned.items():
+            ms = latency_ms({"base": base, "pruned": model}, batch, example, n)
+            rows.append(
+                {
+                    "label": key,
+                    "batch": batch,
+                    "reps": n,
+                    "base_ms": ms["base"],
+                    "pruned_ms": ms["pruned"],
+                    "speedup": ms["base"] / ms["pruned"],
+                    "macs_speedup": base_macs / macs[key],
+                }
+            )
+    return rows
+
+
+# ---------------------------------------------------------------------------- one model
+def run_model(
+    model_name: str,
+    rates: list[float],
+    seeds: list[int],
+    data: dict[str, Any],
+    args: argparse.Namespace,
+    env: Distributed,
+    phases: Phases,
+    result: dict[str, Any],
+    save: Callable[[], None],
+) -> None:
+    """Fill ``result`` (saved after every row) with one model's baseline, rows and latency."""
+    family = family_of(model_name)
+    with phases(model_name, "baseline_train"):
+        base, trained = baseline(model_name, data, args, env)
+    example = data["example"]
+    base_macs, base_params = tp.utils.count_ops_and_params(base, example)
+    with phases(model_name, "evaluate"):
+        base_acc = percent(base, data["test"], env.device)
+    log(
+        f"[{model_name}] baseline {base_acc:.2f} %, {base_macs / 1e6:.2f} M MACs, "
+        f"{base_params / 1e6:.3f} M params; family {family}"
+    )
+    torch.manual_seed(args.base_seed)
+    grad_batch = next(iter(shuffled(data["train_set"], args.base_seed)))
+    result.update(
+        {
+            "model": model_name,
+            "family": family,
+            "preset": vars(get_preset(family)) if family else None,
+            "rates": rates,
+            "finetune_seeds": [] if args.no_finetune else seeds,
+            "baseline": {
+                **trained,
+                "acc": base_acc,
+                "macs": int(base_macs),
+                "params": int(base_params),
+            },
+            "rows": [],
+            "latency": [],
+        }
+    )
+    save()
+    for rate in rates:
+        kept: dict[str, nn.Module] = {}
+        macs_of: dict[str, float] = {}
+        for criterion in args.criteria:
+            label = f"[{model_name}] {criterion} @ {rate:.0%}"
+            started = time.perf_counter()
+            model = copy.deepcopy(base)
+            try:
+                with phases(model_name, "prune"):
+                    imp = prune(model, criterion, rate, example, family, grad_batch)
+            except Exception as error:  # one criterion's failure is a result, go on
+                log(f"{label}: prune failed: {type(error).__name__}: {error}")
+                row = {
+                    "criterion": criterion,
+                    "rate": rate,
+                    "error": f"{type(error).__name__}: {error}",
+                }
+                result["rows"].append(row)
+                save()
+                continue
+            prune_s = time.perf_counter() - started
+            macs, params = tp.utils.count_ops_and_params(model, example)
+            row = {
+                "criterion": criterion,
+                "rate": rate,
+                "importance": imp,
+                "macs": int(macs),
+                "params": int(params),
+                "macs_reduction": 1 - macs / base_macs,
+                "params_reduction": 1 - params / base_params,
+                "prune_s": round(prune_s, 2),
+            }
+            with phases(model_name, "evaluate"):
+                row["acc_no_ft"] = percent(model, data["test"], env.device)
+            with phases(model_name, "bn_recal"):
+                recalibrate(model, data["calib"], env.device)
+            with phases(model_name, "evaluate"):
+                row["acc_bn_recal"] = percent(model, data["test"], env.device)
+            log(
+                f"{label}: MACs -{100 * row['macs_reduction']:.1f} %, params "
+                f"-{100 * row['params_reduction']:.1f} %, no-FT {row['acc_no_ft']:.2f}, "
+                f"BN-recal {row['acc_bn_recal']:.2f} ({prune_s:.1f} s prune)"
+            )
+            row["acc_ft"] = {}
+            for seed in [] if args.no_finetune else seeds:
+                tuned = copy.deepcopy(model)
+                torch.manual_seed(seed)  # augmentation draws from the global RNG
+                ft_started = time.perf_counter()
+                with phases(model_name, "finetune"):
+                    fit(
+                        tuned,
+                        shuffled(data["finetune_set"], seed, args.workers),
+                        epochs=args.finetune_epochs,
+                        lr=args.finetune_lr,
+                        env=env,
+                        desc=f"{criterion} ft",
+                    )
+                ft_s = time.perf_counter() - ft_started
+                with phases(model_name, "evaluate"):
+                    row["acc_ft"][str(seed)] = percent(tuned, data["test"], env.device)
+                log(
+                    f"{label}: fine-tune seed {seed}: {row['acc_ft'][str(seed)]:.2f} ({ft_s:.1f} s)"
+                )
+            values = list(row["acc_ft"].values())
+            row["acc_ft_mean"] = statistics.fmean(values) if values else None
+            row["acc_ft_std"] = statistics.stdev(values) if len(values) > 1 else None
+            row["wall_s"] = round(time.perf_counter() - started, 1)
+            result["rows"].append(row)
+            save()
+            if args.latency_all or criterion == latency_criterion(args.criteria):
+                kept[criterion], macs_of[criterion] = model.eval(), float(macs)
+        if kept:
+            with phases(model_name, "latency"):
+                rows = measure_latency(base, kept, example, args.latency_reps, base_macs, macs_of)
+            for r in rows:
+                r["rate"] = rate
+                log(
+                    f"[{model_name}] latency {r['label']} @ {rate:.0%}, batch {r['batch']}: "
+                    f"{r['base_ms']:.2f} -> {r['pruned_ms']:.2f} ms, x{r['speedup']:.2f} "
+                    f"(MACs x{r['macs_speedup']:.2f})"
+                )
+            result["latency"] += rows
+            save()
+
+
+def latency_criterion(criteria: list[str]) -> str:
+    return "cpmc" if "cpmc" in criteria else criteria[0]
+
+
+# ---------------------------------------------------------------------------- report
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+_DIGITS = {"params_reduction": 1, **dict.fromkeys(ACC_COLUMNS, 2)}
+
+
+def shown(row: dict[str, Any], col: str) -> float:
+    """The value as the table shows it (percent, rounded), so that ties are visible ties."""
+    scale = 100.0 if col == "params_reduction" else 1.0
+    return round(scale * row[col], _DIGITS[col])
+
+
+def _bold_if(text: str, best: bool) -> str:
+    return f"**{text}**" if best else text
+
+
+def model_table(result: dict[str, Any]) -> str:
+    b = result["baseline"]
+    seeds = result["finetune_seeds"]
+    ft = f"acc FT (mean ± std, {len(seeds)} seeds)" if len(seeds) > 1 else "acc FT"
+    head = "| rate | criterion | MACs red. | params red. | acc no-FT | acc BN-recal |"
+    head += f" {ft} |" if seeds else ""
+    lines = [
+        f"### {result['model']} (family {result['family']})",
+        "",
+        f"Baseline: {b['acc']:.2f} % test accuracy, {b['macs'] / 1e6:.2f} M MACs, "
+        f"{b['params'] / 1e6:.3f} M params. Accuracies in %, best per rate in bold.",
+        "",
+        head,
+        "|---:|---|---:|---:|---:|---:|" + ("---:|" if seeds else ""),
+    ]
+    for rate in result["rates"]:
+        rows = [r for r in result["rows"] if r["rate"] == rate]
+        ok = [r for r in rows if "error" not in r]
+        best = {
+            col: max((shown(r, col) for r in ok if r.get(col) is not None), default=None)
+            for col in (*ACC_COLUMNS, "params_reduction")
+        }
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {rate:.0%} | {r['criterion']} | failed: {r['error']} |")
+                continue
+            cells = {
+                col: _bold_if(
+                    "n/a"
+                    if r.get(col) is None
+                    else f"{shown(r, col):.{_DIGITS[col]}f}"
+                    + (" %" if col == "params_reduction" else ""),
+                    r.get(col) is not None and shown(r, col) == best[col],
+                )
+                for col in best
+            }
+            line = (
+                f"| {rate:.0%} | {r['criterion']} | {100 * r['macs_reduction']:.1f} % "
+                f"| {cells['params_reduction']} | {cells['acc_no_ft']} "
+                f"| {cells['acc_bn_recal']} |"
+            )
+            if seeds:
+                spread = f" ± {r['acc_ft_std']:.2f}" if r["acc_ft_std"] is not None else ""
+                line += f" {cells['acc_ft_mean']}{spread} |"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def mean_ranks(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Mean rank (1 = best, ties share the mean rank) of each criterion over the rates."""
+    ranks: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for rate in result["rates"]:
+        rows = [r for r in result["rows"] if r["rate"] == rate and "error" not in r]
+        for col in ACC_COLUMNS:
+            scored = [(r["criterion"], r[col]) for r in rows if r.get(col) is not None]
+            for name, value in scored:
+                better = sum(v > value for _, v in scored)
+                ties = sum(v == value for _, v in scored)
+                ranks[name][col].append(better + (ties + 1) / 2)
+    return {
+        name: {col: statistics.fmean(v) for col, v in cols.items()} for name, cols in ranks.items()
+    }
+
+
+def rank_table(result: dict[str, Any]) -> str:
+    ranks = mean_ranks(result)
+    cols = [c for c in ACC_COLUMNS if any(c in r for r in ranks.values())]
+    names = {"acc_no_ft": "no-FT", "acc_bn_recal": "BN-recal", "acc_ft_mean": "FT (mean)"}
+    lines = [
+        f"Mean rank of each criterion over the rates of {result['model']} (1 = best of "
+        f"{len(ranks)}):",
+        "",
+        "| criterion | " + " | ".join(names[c] for c in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for name, r in sorted(ranks.items(), key=lambda kv: kv[1].get(cols[-1], 0.0)):
+        lines.append(f"| {name} | " + " | ".join(fmt(r.get(c), 1) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def latency_table(results: list[dict[str, Any]], threads: int) -> str:
+    lines = [
+        f"CPU latency, median ms per forward pass, {threads} thread(s), eval mode, inference_mode:",
+        "",
+        "| model | rate | pruned by | MACs speed-up | batch | baseline ms | pruned ms "
+        "| measured speed-up |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        for r in result["latency"]:
+            lines.append(
+                f"| {result['model']} | {r['rate']:.0%} | {r['label']} "
+                f"| x{r['macs_speedup']:.2f} | {r['batch']} | {r['base_ms']:.2f} "
+                f"| {r['pruned_ms']:.2f} | x{r['speedup']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def phase_table(seconds: dict[str, dict[str, float]]) -> str:
+    order = ["load", "baseline_train", "prune", "evaluate", "bn_recal", "finetune", "latency"]
+    lines = [
+        "Wall-clock seconds per phase:",
+        "",
+        "| model | " + " | ".join(order) + " | all |",
+        "|---|" + "---:|" * (len(order) + 1),
+    ]
+    for model, phases in seconds.items():
+        cells = [fmt(phases.get(p, 0.0), 0) for p in order]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {sum(phases.values()):.0f} |")
+    return "\n".join(lines)
+
+
+def report(results: list[dict[str, Any]], seconds: dict, args: argparse.Namespace) -> str:
+    parts = []
+    for result in results:
+        parts += [model_table(result), rank_table(result)]
+    if any(r["latency"] for r in results):
+        parts.append(latency_table(results, args.threads))
+    parts.append(phase_table(seconds))
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------- main
+def known_model(name: str) -> str:
+    key = name.strip().lower()
+    tiny = [TINY + f for f in FAMILIES]
+    if key not in list_models() and key not in tiny:
+        raise argparse.ArgumentTypeError(
+            f"unknown model {name!r}; known: {', '.join([*list_models(), *tiny])}"
+        )
+    return key
+
+
+def rate(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a rate must lie in (0, 1), got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="fashion-mnist", help="digits if it is not installed")
+    p.add_argument("--data-root", default=None, help="where the data set lies (cifar10, ...)")
+    p.add_argument(
+        "--models", nargs="+", type=known_model, default=["resnet20", "tiny-vgg", "tiny-densenet"]
+    )
+    p.add_argument("--grid-model", type=known_model, default="resnet20")
+    p.add_argument("--grid-rates", nargs="+", type=rate, default=[0.3, 0.5, 0.7])
+    p.add_argument("--other-rates", nargs="+", type=rate, default=[0.5])
+    p.add_argument("--criteria", nargs="+", choices=ALL_CRITERIA, default=list(ALL_CRITERIA))
+    p.add_argument("--epochs", type=int, default=3, help="baseline training epochs")
+    p.add_argument("--lr", type=float, default=0.1, help="baseline learning rate (cosine)")
+    p.add_argument("--train-subset", type=int, default=10000, help="0: the whole split")
+    p.add_argument("--test-subset", type=int, default=5000, help="0: the whole split")
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument(
+        "--finetune-subset", type=int, default=5000, help="of the training subset; 0: all of it"
+    )
+    p.add_argument("--calib-batches", type=int, default=20, help="of 128 images, BN recal")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="grid model FT seeds")
+    p.add_argument("--other-seeds", nargs="+", type=int, default=None, help="default: first seed")
+    p.add_argument("--no-finetune", action="store_true", help="no-FT and BN-recal only")
+    p.add_argument("--base-seed", type=int, default=0, help="baseline training seed")
+    p.add_argument("--data-seed", type=int, default=0, help="subset selection and shuffling")
+    p.add_argument("--latency-reps", type=int, default=20, help="batch 64 (batch 1: 5x)")
+    p.add_argument("--latency-all", action="store_true", help="time every criterion's model")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for training")
+    p.add_argument("--no-cache", action="store_true", help="retrain the baselines")
+    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="trained baselines")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--markdown", type=Path, default=None, help="write the tables here too")
+    args = p.parse_args(argv)
+    for name in ("epochs", "finetune_epochs", "calib_batches", "latency_reps", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no GPU visible to torch")
+    args.criteria = list(dict.fromkeys(args.criteria))
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch_pruning")
+    if not sys.stderr.isatty():  # no progress bars in logs
+        bar = training.tqdm
+        training.tqdm = lambda *a, **k: bar(*a, **{**k, "disable": True})
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    env = Distributed(0, 1, torch.device("cuda" if cuda else "cpu"))
+    phases = Phases()
+    started = time.perf_counter()
+    with phases("data", "load"):
+        data = load_data(args)
+    log(f"data: {data['name']}, {data['sizes']}; training on {env.device}")
+    results: list[dict[str, Any]] = []
+    out: dict[str, Any] = {
+        "provenance": provenance(str(env.device)),
+        "options": {
+            **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "dataset_used": data["name"],
+            "dataset_fallback_reason": data["fallback_reason"],
+            "sizes": data["sizes"],
+            "default_alpha_beta": [DEFAULT_ALPHA, DEFAULT_BETA],
+            "protocol": __doc__.split("\n\n")[1],
+        },
+        "results": results,
+    }
+
+    def save() -> None:
+        out["phase_seconds"] = phases.as_dict()
+        out["wall_s"] = round(time.perf_counter() - started, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        tmp.replace(args.out)
+
+    for model_name in args.models:
+        grid = model_name == args.grid_model
+        rates = args.grid_rates if grid else args.other_rates
+        seeds = args.seeds if grid else (args.other_seeds or args.seeds[:1])
+        model_started = time.perf_counter()
+        result: dict[str, Any] = {"model": model_name}
+        results.append(result)
+        run_model(model_name, rates, seeds, data, args, env, phases, result, save)
+        result["wall_s"] = round(time.perf_counter() - model_started, 1)
+        save()
+        log(f"[{model_name}] done in {result['wall_s']:.0f} s")
+
+    seconds = phases.as_dict()
+    text = report(results, {k: v for k, v in seconds.items() if k != "total"}, args)
+    print(text)
+    wall = time.perf_counter() - started
+    print(f"\nwall-clock: {wall:.0f} s; data {data['name']}, sizes {data['sizes']}")
+    out["markdown"] = text
+    save()
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text + "\n")
+    log(f"wrote {args.out}" + (f" and {args.markdown}" if args.markdown else ""))
+    return out
+
+
+if __name__ == "__main__":
+    main()
