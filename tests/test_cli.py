@@ -281,3 +281,15 @@ def test_torchrun_finetunes_on_two_gloo_processes(run_dir: Path, tmp_path: Path)
     assert result.pruning_history == Checkpoint.load(run_dir / "pruned.pt").pruning_history
     before = Checkpoint.load(run_dir / "pruned.pt").state_dict
     assert any(not torch.equal(before[k], v) for k, v in result.state_dict.items())
+
+
+def test_demo_picks_the_preset_of_the_model_family() -> None:
+    from cpmc_plugin.cli.commands import family_of
+
+    assert [family_of(n) for n in ("resnet164", "VGG16", "densenet40", "tv:resnet18")] == [
+        "resnet",
+        "vgg",
+        "densenet",
+        "resnet",
+    ]
+    assert family_of("tv:mobilenet_v2") is None  # CPMC's default alpha/beta then

@@ -63,6 +63,12 @@ def non_negative(text: str) -> float:
 
 
 # ---------------------------------------------------------------------- helpers
+def family_of(model_name: str) -> str | None:
+    """The CPMC preset family of a model name ("resnet", "vgg", "densenet"), if it has one."""
+    name = model_name.lower().removeprefix("tv:")
+    return next((family for family in list_presets() if name.startswith(family)), None)
+
+
 def _fresh_output(path: Path, force: bool, resume: bool = False) -> None:
     if path.exists() and not (force or resume):
         raise ValueError(f"{path} exists; pass --force to overwrite it")
@@ -283,66 +289,28 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise ValueError(f"{out} is not empty; pass --force to write into it")
     started = time.time()
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    common = {
-        "data_root": None,
-        "batch_size": 64,
-        "train_subset": args.train_subset,
-        "seed": 0,
-        "force": True,
-        "resume": False,
-    }
+    data = ["--batch-size", "64", "--seed", "0"]
+    if args.train_subset:
+        data += ["--train-subset", str(args.train_subset)]
+    base, pruned, final = (str(out / f) for f in ("baseline.pt", "pruned.pt", "finetuned.pt"))
+    family = family_of(args.model)
+    preset = ["--preset", family] if family else []
+    train = ["--model", args.model, "--dataset", args.dataset, "--epochs", str(args.epochs)]
+    prune = ["--criterion", "cpmc", "--flops-reduction", "0.5", *preset]
+    curve = ["--criteria", "cpmc", "l1", "random", "--rates", "0.3", "0.5", "0.7"]
     steps = [
-        (
-            "train",
-            argparse.Namespace(
-                **common,
-                model=args.model,
-                dataset=args.dataset,
-                epochs=args.epochs,
-                lr=0.1,
-                out=out / "baseline.pt",
-            ),
-        ),
-        (
-            "prune",
-            argparse.Namespace(
-                **common,
-                checkpoint=out / "baseline.pt",
-                criterion="cpmc",
-                flops_reduction=0.5,
-                params_reduction=None,
-                alpha=None,
-                beta=None,
-                preset="resnet",
-                steps=1,
-                out=out / "pruned.pt",
-            ),
-        ),
-        (
-            "finetune",
-            argparse.Namespace(
-                **common,
-                checkpoint=out / "pruned.pt",
-                epochs=args.finetune_epochs,
-                lr=0.02,
-                out=out / "finetuned.pt",
-            ),
-        ),
-        (
-            "report",
-            argparse.Namespace(
-                **common,
-                baseline=out / "baseline.pt",
-                checkpoint=out / "finetuned.pt",
-                out_dir=out / "report",
-                criteria=["cpmc", "l1", "random"],
-                rates=[0.3, 0.5, 0.7],
-            ),
-        ),
-    ]
-    for name, namespace in steps:
-        print(f"== cpmc-prune {name}")
-        COMMANDS[name](namespace)
+        ["train", *train, "--lr", "0.1", "--out", base],
+        ["prune", "--checkpoint", base, *prune, "--out", pruned],
+        ["finetune", "--checkpoint", pruned, "--epochs", str(args.finetune_epochs),
+         "--lr", "0.02", "--out", final],
+        ["report", "--baseline", base, "--checkpoint", final, "--out-dir", str(out / "report"),
+         *curve],
+    ]  # fmt: skip
+    parser = build_parser()
+    for argv in steps:  # the same commands a user would type
+        print(f"== cpmc-prune {argv[0]}")
+        step = parser.parse_args([*argv, *data, "--force"])
+        COMMANDS[step.command](step)
     print(f"demo finished in {time.time() - started:.0f} s; files in {out.resolve()}")
 
 
