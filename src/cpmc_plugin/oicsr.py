@@ -134,7 +134,7 @@ class OICSRRegularizer:
         """
         graph = self._trace()
         built = WeightGroups.from_groups(graph, self._all_groups(graph))
-        if built.num_groups == 0:
+        if built.num_groups == 0 or not built.entries:
             raise ValueError(
                 "nothing to regularize: the model has no conv/linear output channels outside "
                 "ignored_layers that torch-pruning can group"
