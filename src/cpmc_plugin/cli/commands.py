@@ -177,11 +177,8 @@ def prune_model(
     options = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
     x = ckpt.example_inputs
     importance = make_importance(criterion, x, family=preset, **options)
-    if needs_gradients(criterion):
-        if grad_batch is None:
-            raise ValueError(f"criterion {criterion!r} needs a batch to compute gradients")
-        model.zero_grad()
-        F.cross_entropy(model(grad_batch[0]), grad_batch[1]).backward()
+    if needs_gradients(criterion) and grad_batch is None:
+        raise ValueError(f"criterion {criterion!r} needs a batch to compute gradients")
     classifier = getattr(model, "classifier", None)
     pruner = CPMCPruner(
         model,
