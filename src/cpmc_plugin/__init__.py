@@ -14,6 +14,8 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .auxiliary import AuxiliaryClassifiers, attach_auxiliary_classifiers, combined_loss
+from .bn_fista import BNFISTARegularizer
 from .budget import UnreachableBudgetError
 from .functional import NORMALIZERS, combine_criteria, normalize
 from .importance import CPMCImportance
@@ -22,6 +24,8 @@ from .oicsr import OICSRImportance, OICSRRegularizer
 from .presets import CPMCPreset, get_preset, list_presets
 from .pruner import CPMCPruner
 from .report import LayerChannels, PruneReport
+from .sparse import SPARSE_METHODS, SparseRegularizer, make_regularizer
+from .ssr import SSRImportance, SSRRegularizer
 
 try:
     __version__ = version("cpmc-plugin")
@@ -30,6 +34,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "NORMALIZERS",
+    "SPARSE_METHODS",
+    "AuxiliaryClassifiers",
+    "BNFISTARegularizer",
     "CPMCImportance",
     "CPMCPreset",
     "CPMCPruner",
@@ -37,12 +44,18 @@ __all__ = [
     "OICSRImportance",
     "OICSRRegularizer",
     "PruneReport",
+    "SSRImportance",
+    "SSRRegularizer",
+    "SparseRegularizer",
     "UnreachableBudgetError",
     "__version__",
+    "attach_auxiliary_classifiers",
+    "combined_loss",
     "combine_criteria",
     "get_preset",
     "list_presets",
     "load_pruned",
+    "make_regularizer",
     "normalize",
     "save_pruned",
 ]

@@ -15,7 +15,7 @@ over channels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -107,19 +107,30 @@ class WeightGroups:
     sizes: torch.Tensor  # weights per group
     channels: list[tuple[str, int]]  # (root layer name, root channel) of every slot
     unsupported: tuple[str, ...]
+    starts: tuple[int, ...] = ()  # first slot of every dependency group
 
     @classmethod
-    def from_groups(cls, graph: tp.DependencyGraph, groups: Iterable[tp.Group]) -> WeightGroups:
+    def from_groups(
+        cls,
+        graph: tp.DependencyGraph,
+        groups: Iterable[tp.Group],
+        kinds: tuple[_Kind, ...] = ("out", "in"),
+    ) -> WeightGroups:
+        """Slots for the root channels of ``groups``; ``kinds=("out",)`` keeps only the
+        weights that produce a channel (filters, biases, norm scale/shift), so that
+        every weight belongs to at most one group."""
         # per (tensor, kind): channel -> slot, filled group by group
         slots: dict[tuple[int, _Kind], torch.Tensor] = {}
         owners: dict[int, tuple[nn.Module, str, torch.Tensor]] = {}
         channels: list[tuple[str, int]] = []
         unsupported: set[str] = set()
+        starts: list[int] = []
         offset = 0
         for group in groups:
             roots = torch.as_tensor(group[0].root_idxs, dtype=torch.long)
             if len(roots) == 0:
                 continue
+            starts.append(offset)
             lookup = torch.full((int(roots.max()) + 1,), -1, dtype=torch.long)
             lookup[roots] = torch.arange(len(roots)) + offset
             for item in group:
@@ -127,6 +138,8 @@ class WeightGroups:
                 if not isinstance(layer, nn.Module) or not item.idxs:
                     continue
                 kind: _Kind = "out" if is_out_item(group, item.dep.handler) else "in"
+                if kind not in kinds:
+                    continue
                 names = _tensors(layer, kind)
                 if names is None:
                     unsupported.add(type(layer).__name__)
@@ -178,7 +191,7 @@ class WeightGroups:
                     )
             if entry.parts:
                 entries.append(entry)
-        return cls(entries, offset, sizes, channels, tuple(sorted(unsupported)))
+        return cls(entries, offset, sizes, channels, tuple(sorted(unsupported)), tuple(starts))
 
     # ------------------------------------------------------------------ queries
     def is_stale(self) -> bool:
@@ -187,14 +200,22 @@ class WeightGroups:
             e.current() is not e.tensor or e.current().shape != e.tensor.shape for e in self.entries
         )
 
+    def segments(self) -> list[slice]:
+        """The slots of every dependency group (one layer, or coupled layers)."""
+        bounds = [*self.starts, self.num_groups]
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
     def device(self) -> torch.device:
         return self.entries[0].tensor.device
 
-    def sq_norms(self) -> torch.Tensor:
-        """``||W_g||_2^2`` per slot; differentiable when grad mode is on."""
+    def sq_norms(self, values: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """``||W_g||_2^2`` per slot; differentiable when grad mode is on.
+
+        ``values`` (one tensor per entry, shaped like its weight) replaces the weights.
+        """
+        tensors = values if values is not None else [e.tensor for e in self.entries]
         total = torch.zeros(self.num_groups, device=self.device(), dtype=torch.float32)
-        for entry in self.entries:
-            tensor = entry.tensor
+        for entry, tensor in zip(self.entries, tensors, strict=True):
             cell_sq = entry.cell_view(tensor).float().pow(2).sum(-1).flatten()
             for part in entry.on(tensor.device):
                 total = total.index_add(0, part.dst, cell_sq[part.sel])
@@ -206,21 +227,37 @@ class WeightGroups:
             tensor = entry.tensor
             if not tensor.requires_grad:
                 continue
-            per_cell = torch.zeros(entry.cells[0] * entry.cells[1], device=tensor.device)
-            for part in entry.on(tensor.device):
-                per_cell.index_add_(0, part.sel, coefficients[part.dst])
-            step = (entry.cell_view(tensor) * per_cell.view(*entry.cells, 1)).view_as(tensor)
+            step = self._times(entry, tensor, coefficients, 0.0, additive=True)
             if tensor.grad is None:
                 tensor.grad = step.to(tensor.dtype).clone()
             else:
                 tensor.grad.add_(step.to(tensor.grad.dtype))
 
+    def scaled(self, values: Sequence[torch.Tensor], factors: torch.Tensor) -> list[torch.Tensor]:
+        """Each value times the factors of the groups its cell belongs to (1 outside groups)."""
+        return [
+            self._times(entry, value, factors, 1.0, additive=False)
+            for entry, value in zip(self.entries, values, strict=True)
+        ]
+
     def scale(self, factors: torch.Tensor) -> None:
         """Multiply every weight by the factors of the groups it belongs to, in place."""
         for entry in self.entries:
             tensor = entry.tensor
-            per_cell = torch.ones(entry.cells[0] * entry.cells[1], device=tensor.device)
-            for part in entry.on(tensor.device):
-                per_cell[part.sel] *= factors[part.dst]
-            scaled = entry.cell_view(tensor.data) * per_cell.view(*entry.cells, 1).to(tensor.dtype)
-            tensor.data.copy_(scaled.reshape(tensor.shape))
+            tensor.data.copy_(self._times(entry, tensor.data, factors, 1.0, additive=False))
+
+    @staticmethod
+    def _times(
+        entry: _Entry, value: torch.Tensor, per_slot: torch.Tensor, start: float, *, additive: bool
+    ) -> torch.Tensor:
+        """``value`` times a per-cell factor: the sum (or product) of its groups' ``per_slot``."""
+        per_cell = torch.full(
+            (entry.cells[0] * entry.cells[1],), start, device=value.device, dtype=per_slot.dtype
+        )
+        for part in entry.on(value.device):
+            if additive:
+                per_cell.index_add_(0, part.sel, per_slot[part.dst])
+            else:
+                per_cell[part.sel] *= per_slot[part.dst]
+        scaled = entry.cell_view(value) * per_cell.view(*entry.cells, 1).to(value.dtype)
+        return scaled.reshape(value.shape)

@@ -21,6 +21,7 @@ import torch_pruning as tp
 
 from .importance import CPMCImportance
 from .oicsr import OICSRImportance
+from .ssr import SSRImportance
 
 __all__ = ["CRITERIA", "make_importance", "needs_gradients"]
 
@@ -35,6 +36,7 @@ _BUILDERS: dict[str, Callable[..., tp.importance.Importance]] = {
     "cpmc": _cpmc,
     "cpmc-a": lambda x, family, **o: _cpmc(x, family, weight_dependency=False, **o),
     "oicsr": lambda x, family: OICSRImportance(),
+    "ssr": lambda x, family: SSRImportance(),
     "l1": lambda x, family: tp.importance.GroupMagnitudeImportance(p=1),
     "l2": lambda x, family: tp.importance.GroupMagnitudeImportance(p=2),
     "bn-scale": lambda x, family: tp.importance.BNScaleImportance(),

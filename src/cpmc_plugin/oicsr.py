@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ._probe import build_graph
+from ._removal import apply_removals, plan_removal, validated
 from ._weight_groups import WeightGroups
 from .proximal import (
     check_finite_nonnegative,
@@ -157,23 +158,19 @@ class OICSRRegularizer:
         plan = []
         for group in self._all_groups(graph):
             norms = group_norms(WeightGroups.from_groups(graph, [group]).sq_norms())
-            small = torch.nonzero(norms <= limit).flatten()
-            if len(small) == len(norms):
-                small = small[small != int(norms.argmax())]  # never empty a layer
-            if len(small):
-                root = group[0]
-                idxs = [root.idxs[i] for i in small.tolist()]
-                plan.append((root.dep.target.module, root.dep.handler, idxs))
-        removed = 0
-        for module, handler, idxs in plan:
-            # made one at a time so that index mappings through concatenations stay current
-            group = graph.get_pruning_group(module, handler, idxs)
-            if graph.check_pruning_group(group):
-                group.prune()
-                removed += len(idxs)
+            removal = plan_removal(group, norms <= limit, norms)
+            if removal is not None:
+                plan.append(removal)
+        removed = apply_removals(graph, validated(graph, plan))
         if removed:
             self.update()
         return removed
+
+    def finalize(self) -> None:
+        """Nothing to do: :meth:`proximal_step` already leaves exact zeros in the model.
+
+        Part of the interface every sparse-training regularizer shares.
+        """
 
     def _current(self) -> WeightGroups:
         if self._groups.is_stale():

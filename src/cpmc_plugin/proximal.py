@@ -7,6 +7,8 @@ these; no torch-pruning or NNI import here.
 - group lasso ``R(W) = sum_g w_g * ||W_g||_2``: :func:`group_lasso`, its gradient
   coefficients :func:`group_lasso_coefficients` (``dR/dW = w_g * W / ||W_g||``);
 - group soft-thresholding (the proximal map of ``t * R``): :func:`group_shrink_factors`;
+- keeping the ``k`` groups of largest norm (the projection onto ``||W||_{2,0} <= k``):
+  :func:`top_k_factors`;
 - element-wise soft-thresholding (the proximal map of ``t * ||x||_1``): :func:`soft_threshold`.
 
 Zero-norm groups contribute zero value, zero (sub)gradient and stay zero: nothing
@@ -35,6 +37,7 @@ __all__ = [
     "group_shrink_factors",
     "group_size_weights",
     "soft_threshold",
+    "top_k_factors",
 ]
 
 
@@ -115,3 +118,22 @@ def soft_threshold(x: torch.Tensor, threshold: float | torch.Tensor) -> torch.Te
         tensor([-2.,  0.,  1.])
     """
     return x.sign() * (x.abs() - threshold).clamp_min(0.0)
+
+
+def top_k_factors(sq_norms: torch.Tensor, k: int) -> torch.Tensor:
+    """1 for the ``k`` groups of largest norm, 0 for the others.
+
+    Multiplying group ``g`` by its factor is the Euclidean projection onto
+    ``{W : at most k groups non-zero}`` (the proximal map of the L2,0 constraint).
+    Ties go to the lower index.
+
+    Example:
+        >>> top_k_factors(torch.tensor([4.0, 1.0, 9.0, 4.0]), 2)
+        tensor([1., 0., 1., 0.])
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(sq_norms):
+        raise ValueError(f"k must be an integer in [0, {len(sq_norms)}], got {k!r}")
+    order = torch.sort(sq_norms, descending=True, stable=True).indices
+    factors = torch.zeros_like(sq_norms)
+    factors[order[:k]] = 1.0
+    return factors

@@ -19,11 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
+from ..auxiliary import AuxiliaryClassifiers, attach_auxiliary_classifiers
 from ..criteria import CRITERIA, make_importance, needs_gradients
 from ..data import list_datasets, make_loaders
 from ..models import create_model, list_models
 from ..presets import list_presets
 from ..pruner import CPMCPruner
+from ..sparse import SPARSE_METHODS, SparseRegularizer, make_regularizer
 from . import report as reporting
 from .checkpoint import Checkpoint
 from .training import Distributed, accuracy, distributed, fit
@@ -91,6 +93,46 @@ def _counts(model: nn.Module, ckpt: Checkpoint) -> tuple[int, int]:
     return int(macs), int(params)
 
 
+def _sparse_setup(
+    model: nn.Module, ckpt: Checkpoint, args: argparse.Namespace
+) -> tuple[nn.Module, SparseRegularizer | None]:
+    """The module to train (with auxiliary classifiers when asked) and the regularizer."""
+    wanted = args.sparse is not None or args.aux_at
+    if wanted and args.resume:
+        raise ValueError(
+            "--resume does not restore the state of --sparse / --aux-at training; "
+            "start the run again without --resume"
+        )
+    ssr = {"rho": args.rho, "keep": args.keep}
+    if args.sparse is None:
+        given = [f"--{k}" for k, v in {"lam": args.lam, **ssr}.items() if v is not None]
+        if args.update_every != 1:
+            given.append("--update-every")
+        if given:
+            raise ValueError(f"{', '.join(given)} need --sparse")
+        regularizer = None
+    else:
+        classifier = getattr(model, "classifier", None)
+        regularizer = make_regularizer(
+            args.sparse,
+            model,
+            ckpt.example_inputs,
+            strength=args.lam,
+            update_every=args.update_every,
+            ignored_layers=[classifier] if isinstance(classifier, nn.Module) else None,
+            **{k: v for k, v in ssr.items() if v is not None},
+        )
+    trained: nn.Module = model
+    if args.aux_at:
+        num_classes = int(ckpt.model_kwargs.get("num_classes", 0)) or None
+        if num_classes is None:
+            raise ValueError("--aux-at needs a checkpoint that records num_classes")
+        trained = attach_auxiliary_classifiers(
+            model, args.aux_at, num_classes, example_inputs=ckpt.example_inputs
+        )
+    return trained, regularizer
+
+
 def _train_run(
     model: nn.Module, ckpt: Checkpoint, args: argparse.Namespace, kind: str, out: Path
 ) -> Checkpoint:
@@ -98,6 +140,7 @@ def _train_run(
     env = distributed()
     torch.manual_seed(args.seed)
     train, test = _loaders(ckpt, args, env)
+    trained, regularizer = _sparse_setup(model, ckpt, args)
     start, state = 0, None
     if args.resume and out.exists():
         previous = Checkpoint.load(out)
@@ -120,8 +163,8 @@ def _train_run(
         )
         Checkpoint.of(model, like=ckpt, training=training).save(out)
 
-    fit(
-        model,
+    zeros = fit(
+        trained,
         train,
         epochs=args.epochs,
         lr=args.lr,
@@ -130,8 +173,15 @@ def _train_run(
         optimizer_state=state,
         on_epoch_end=save,
         desc=kind,
+        sparsity=regularizer,
+        aux_weight=args.aux_weight,
     )
+    if isinstance(trained, AuxiliaryClassifiers):
+        trained.detach()
     result = Checkpoint.of(model, like=ckpt)
+    if args.sparse is not None:
+        result.metrics["sparse"] = {"method": args.sparse, "zero_groups": zeros}
+        print(f"sparse training ({args.sparse}): {zeros} channel groups at exact zero")
     if env.is_main:
         acc = accuracy(model, test, env.device if env.world_size == 1 else torch.device("cpu"))
         macs, params = _counts(model, ckpt)
@@ -334,6 +384,49 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def unit_interval(text: str) -> float:
+    value = non_negative(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _sparse_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sparse training (before pruning)")
+    g.add_argument(
+        "--sparse",
+        choices=SPARSE_METHODS,
+        type=str.lower,
+        default=None,
+        help="train with this sparsity regularizer (proximal steps, exact zeros)",
+    )
+    g.add_argument(
+        "--lam",
+        type=non_negative,
+        default=None,
+        help="strength of oicsr, bn-fista, ssr-l21 (default 1e-4)",
+    )
+    g.add_argument("--rho", type=non_negative, default=None, help="SSR's rho (default 1e-3)")
+    g.add_argument(
+        "--keep", type=unit_interval, default=None, help="ssr-l20: fraction of channel groups kept"
+    )
+    g.add_argument(
+        "--update-every",
+        type=positive_int,
+        default=1,
+        help="SSR: training steps between Z/U updates",
+    )
+    g.add_argument(
+        "--aux-at",
+        nargs="+",
+        default=None,
+        metavar="MODULE",
+        help="auxiliary classifiers on these modules while training",
+    )
+    g.add_argument("--aux-weight", type=non_negative, default=0.3,
+                   help="weight of each auxiliary loss")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cpmc-prune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -347,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run at --out")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     _data_options(p)
+    _sparse_options(p)
 
     p = sub.add_parser("prune", help="prune a checkpoint to a FLOPs or parameter budget")
     p.add_argument("--checkpoint", required=True)
@@ -370,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--force", action="store_true")
     _data_options(p)
+    _sparse_options(p)
 
     p = sub.add_parser("evaluate", help="accuracy, parameters and MACs of a checkpoint")
     p.add_argument("--checkpoint", required=True)

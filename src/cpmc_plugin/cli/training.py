@@ -17,9 +17,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from ..auxiliary import combined_loss
+from ..sparse import SparseRegularizer
 
 __all__ = ["Distributed", "accuracy", "distributed", "fit", "recalibrate_bn"]
 
@@ -66,11 +68,18 @@ def fit(
     optimizer_state: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     desc: str = "train",
-) -> None:
+    sparsity: SparseRegularizer | None = None,
+    aux_weight: float = 0.3,
+) -> int:
     """SGD (momentum 0.9, weight decay 5e-4) with a cosine learning rate, in place.
 
     ``on_epoch_end(epoch, optimizer_state)`` runs on rank 0 after every epoch (to save
-    a resumable checkpoint); ``start_epoch``/``optimizer_state`` resume a run.
+    a resumable checkpoint); ``start_epoch``/``optimizer_state`` resume a run. With
+    ``sparsity``, every step ends with ``sparsity.proximal_step(lr)`` and the last epoch
+    with ``sparsity.finalize()``; a model wrapped by
+    :func:`~cpmc_plugin.attach_auxiliary_classifiers` trains on :func:`combined_loss`.
+    Returns the number of groups at zero after the last proximal step (0 without
+    ``sparsity``).
     """
     model.to(env.device)
     wrapped: nn.Module = model
@@ -81,6 +90,7 @@ def fit(
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     total = epochs * len(loader)
+    zeros = 0
     for epoch in range(start_epoch, epochs):
         set_epoch = getattr(loader.sampler, "set_epoch", None)
         if callable(set_epoch):
@@ -93,13 +103,20 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(lr, epoch * len(loader) + i, total)
             optimizer.zero_grad()
-            loss = F.cross_entropy(wrapped(images.to(env.device)), labels.to(env.device))
+            outputs = wrapped(images.to(env.device))
+            loss = combined_loss(outputs, labels.to(env.device), aux_weight=aux_weight)
             loss.backward()
             optimizer.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            step_lr = optimizer.param_groups[0]["lr"]
+            if sparsity is not None and step_lr > 0:
+                zeros = sparsity.proximal_step(step_lr)
+            bar.set_postfix(loss=f"{loss.item():.3f}", **({"zero": zeros} if sparsity else {}))
+        if sparsity is not None and epoch == epochs - 1:
+            sparsity.finalize()
         if env.is_main and on_epoch_end is not None:
             on_epoch_end(epoch, optimizer.state_dict())
     model.to("cpu")
+    return zeros
 
 
 @torch.no_grad()

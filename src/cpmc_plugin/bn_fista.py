@@ -1,0 +1,367 @@
+"""L1 on BatchNorm scale and shift, solved with FISTA; zero-scale channels removed exactly.
+
+The end-to-end channel pruning method: ``lam * (||gamma||_1 + ||beta||_1)`` on every
+BatchNorm, minimized by FISTA. After the optimizer's gradient step on the loss,
+:meth:`BNFISTARegularizer.proximal_step` soft-thresholds the factors with
+threshold ``lr * lam`` (:func:`cpmc_plugin.proximal.soft_threshold`) and extrapolates
+them Nesterov-style, so factors reach *exact* zeros. A channel whose scale is zero
+outputs the constant ``beta``; :meth:`BNFISTARegularizer.prune_zero_channels` folds
+what that constant adds into the biases of the layers that read it and removes
+the channel through torch-pruning: the pruned model computes the same function.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ._groups import is_out_item
+from ._probe import build_graph
+from ._removal import Removal, apply_removals, plan_removal, validated
+from .oicsr import ROOT_TYPES, unwrap
+from .proximal import check_finite_nonnegative, soft_threshold
+
+__all__ = ["BNFISTARegularizer"]
+
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """Add ``value`` times input column ``index`` of ``layer``'s weight to its bias."""
+
+    layer: nn.Module
+    index: int
+    value: float
+
+
+class BNFISTARegularizer:
+    """``lam * (||gamma||_1 + ||beta||_1)`` over the model's BatchNorm layers, with FISTA.
+
+    Training loop (the proximal convention every sparse-training regularizer here shares)::
+
+        loss.backward(); optimizer.step(); reg.proximal_step(lr)
+
+    after the last step ``reg.finalize()`` loads the sparse iterate into the model, and
+    ``reg.prune_zero_channels(example_inputs)`` removes the channels whose scale is zero.
+    ``reg.regularize()`` after ``backward()`` (adds the subgradient ``lam * sign``) and
+    ``loss + reg.lam * reg.penalty()`` are the other two conventions; they shrink the
+    factors but do not make them exactly zero.
+
+    FISTA keeps the last soft-thresholded iterate ``x_k`` (exactly sparse) and leaves the
+    extrapolated point ``y = x_k + m_k * (x_k - x_{k-1})`` in the model for the next
+    gradient; ``m_k = (t_k - 1) / t_{k+1}`` with ``t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2``,
+    or a fixed ``momentum``.
+
+    Args:
+        model: the network (or its ``DistributedDataParallel`` wrapper); needs BatchNorm.
+        lam: L1 strength (>= 0).
+        scale: penalize the scales ``gamma``.
+        shift: penalize the shifts ``beta``.
+        momentum: fixed extrapolation coefficient in [0, 1); ``None`` for FISTA's sequence.
+        ignored_layers: BatchNorm layers (or modules holding them) left alone.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+        ...                           torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+        >>> reg = BNFISTARegularizer(net, lam=1.0)
+        >>> reg.proximal_step(lr=2.0)      # |gamma| = 1 <= lr * lam: all scales hit zero
+        4
+        >>> reg.prune_zero_channels(torch.randn(1, 1, 8, 8))  # one channel always stays
+        3
+        >>> net[0].out_channels
+        1
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lam: float,
+        scale: bool = True,
+        shift: bool = True,
+        momentum: float | None = None,
+        ignored_layers: Sequence[nn.Module] | None = None,
+    ) -> None:
+        self.lam = check_finite_nonnegative("lam", lam)
+        self.scale, self.shift = _flag("scale", scale), _flag("shift", shift)
+        if not (scale or shift):
+            raise ValueError("scale and shift are both False: nothing to regularize")
+        if momentum is not None:
+            momentum = check_finite_nonnegative("momentum", momentum)
+            if momentum >= 1:
+                raise ValueError(f"momentum must be in [0, 1) or None, got {momentum}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        inner = unwrap(model)
+        norms = [m for m in inner.modules() if isinstance(m, _BatchNorm)]
+        if not norms:
+            raise ValueError(
+                "BNFISTARegularizer needs BatchNorm layers; the model has none "
+                "(use OICSRRegularizer or SSRRegularizer for models without them)"
+            )
+        ignored = list(ignored_layers) if ignored_layers is not None else []
+        known = {id(m) for m in inner.modules()}
+        for layer in ignored:
+            if not isinstance(layer, nn.Module) or id(layer) not in known:
+                raise ValueError(
+                    f"ignored_layers must hold modules of the model, got {type(layer).__name__}"
+                )
+        skip = {id(m) for layer in ignored for m in layer.modules()}
+        norms = [m for m in norms if m.affine and id(m) not in skip]
+        if not norms:
+            raise ValueError(
+                "every BatchNorm of the model is ignored or has affine=False: "
+                "there is no scale or shift to regularize"
+            )
+        self.model = model
+        self.momentum = momentum
+        self.ignored_layers = ignored
+        self.norms: list[nn.modules.batchnorm._BatchNorm] = norms
+        self._names = [n for n, on in (("weight", scale), ("bias", shift)) if on]
+        self._t = 1.0
+        self._sparse: dict[tuple[int, str], torch.Tensor] = {}  # x_k, the sparse iterate
+
+    # ------------------------------------------------------------------ factors
+    def _factors(self) -> list[tuple[nn.Module, str, torch.Tensor]]:
+        return [(bn, name, getattr(bn, name)) for bn in self.norms for name in self._names]
+
+    def penalty(self) -> torch.Tensor:
+        """``||gamma||_1 + ||beta||_1`` over the regularized factors (without ``lam``)."""
+        return torch.stack([p.abs().sum() for _, _, p in self._factors()]).sum()
+
+    def add_penalty(self, loss: torch.Tensor, *_: Any) -> torch.Tensor:
+        """``loss + lam * penalty()``; its signature fits NNI's ``evaluator.patch_loss``."""
+        return loss + self.lam * self.penalty()
+
+    @torch.no_grad()
+    def regularize(self, model: nn.Module | None = None) -> None:
+        """Add the subgradient ``lam * sign(x)`` to the factors' gradients (before ``step()``)."""
+        if model is not None and unwrap(model) is not unwrap(self.model):
+            raise ValueError("regularize() got a different model than the regularizer was built on")
+        for _, _, p in self._factors():
+            if p.requires_grad:
+                step = self.lam * p.sign()
+                p.grad = step.clone() if p.grad is None else p.grad.add_(step)
+
+    @torch.no_grad()
+    def proximal_step(self, lr: float) -> int:
+        """One FISTA step after ``optimizer.step()``; returns the channels with zero scale.
+
+        ``x_k = soft_threshold(y, lr * lam)``, then the model gets the extrapolated
+        ``x_k + m_k * (x_k - x_{k-1})``.
+        """
+        step = check_finite_nonnegative("lr", lr, positive=True)
+        if self.momentum is None:
+            t_next = (1.0 + math.sqrt(1.0 + 4.0 * self._t**2)) / 2.0
+            coefficient, self._t = (self._t - 1.0) / t_next, t_next
+        else:
+            coefficient = self.momentum
+        for bn, name, p in self._factors():
+            x = soft_threshold(p.data, step * self.lam)
+            previous = self._sparse.get((id(bn), name))
+            if previous is not None and previous.shape == x.shape:
+                p.data.copy_(x + coefficient * (x - previous.to(x.device)))
+            else:
+                p.data.copy_(x)
+            self._sparse[(id(bn), name)] = x
+        return self.num_zero_channels
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        """Load the last sparse iterate into the model (exact zeros) and restart FISTA."""
+        for bn, name, p in self._factors():
+            x = self._sparse.get((id(bn), name))
+            if x is not None and x.shape == p.shape:
+                p.data.copy_(x.to(p.device))
+        self._sparse.clear()
+        self._t = 1.0
+
+    @property
+    def num_zero_channels(self) -> int:
+        """Channels whose regularized factors are all exactly zero (in the sparse iterate)."""
+        total = 0
+        for bn in self.norms:
+            zero = torch.ones(bn.num_features, dtype=torch.bool, device=bn.weight.device)
+            for name in self._names:
+                x = self._sparse.get((id(bn), name))
+                if x is None or x.shape != zero.shape:
+                    x = getattr(bn, name).detach()
+                zero &= x.to(zero.device) == 0
+            total += int(zero.sum())
+        return total
+
+    # ------------------------------------------------------------------ pruning
+    @torch.no_grad()
+    def prune_zero_channels(self, example_inputs: Any) -> int:
+        """Remove the channels whose BatchNorm scale is zero; returns how many went.
+
+        Calls :meth:`finalize` first. Such a channel outputs a constant; what it adds to
+        each layer reading it is folded into that layer's bias (a Linear, or a conv
+        without zero padding; a bias is created when the layer has none). A channel
+        whose non-zero constant reaches a zero-padded conv cannot be folded exactly and
+        stays (a warning says how many). Every layer keeps at least one channel.
+        A ``DistributedDataParallel`` wrapper must be rebuilt afterwards.
+        """
+        self.finalize()
+        inner = unwrap(self.model)
+        graph = build_graph(inner, example_inputs)
+        groups = list(
+            graph.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES)
+        )
+        candidates = [(group, self._zero_scale(group)) for group in groups]
+        candidates = [(group, zero) for group, zero in candidates if bool(zero.any())]
+        readers = {item.dep.target.module for group, _ in candidates for item in _readers(group)}
+        inputs = _layer_inputs(inner, readers, example_inputs)
+        plan: list[tuple[Removal, list[_Fold]]] = []
+        unfoldable = 0
+        for group, zero in candidates:
+            foldable, folds = _folds(group, zero, inputs)
+            unfoldable += int((zero & ~foldable).sum())
+            removal = plan_removal(group, zero & foldable, torch.zeros(len(zero)))
+            if removal is not None:
+                plan.append((removal, [f for at, f in folds if at in removal.positions]))
+        accepted = validated(graph, [removal for removal, _ in plan])
+        for removal, folds_of_removal in plan:
+            if removal in accepted:
+                for fold in folds_of_removal:
+                    _apply_fold(fold)
+        if unfoldable:
+            warnings.warn(
+                f"{unfoldable} channels with zero BatchNorm scale were kept: their constant "
+                "output reaches a zero-padded convolution (or a layer that is not a conv or "
+                "linear), where it cannot be folded into a bias exactly",
+                stacklevel=2,
+            )
+        return apply_removals(graph, accepted)
+
+    def _zero_scale(self, group: tp.Group) -> torch.Tensor:
+        """Per root channel: every BatchNorm of the group has scale exactly 0 there."""
+        roots = group[0].root_idxs
+        position = {int(r): i for i, r in enumerate(roots)}
+        zero = torch.ones(len(roots), dtype=torch.bool)
+        covered = torch.zeros(len(roots), dtype=torch.bool)
+        for item in group:
+            bn = item.dep.target.module
+            if not isinstance(bn, _BatchNorm) or not is_out_item(group, item.dep.handler):
+                continue
+            if bn not in self.norms or not self.scale:
+                return torch.zeros(len(roots), dtype=torch.bool)
+            for idx, root in zip(item.idxs, item.root_idxs, strict=True):
+                if int(root) in position:
+                    i = position[int(root)]
+                    covered[i] = True
+                    zero[i] &= bool(bn.weight[idx] == 0)
+        return zero & covered
+
+
+def _readers(group: tp.Group) -> list[tp.Dependency]:
+    """The group's in-channel items on layers that only read the channel (not produce it)."""
+    producers = {item.dep.target.module for item in group if is_out_item(group, item.dep.handler)}
+    return [
+        item
+        for item in group
+        if not is_out_item(group, item.dep.handler) and item.dep.target.module not in producers
+    ]
+
+
+@torch.no_grad()
+def _layer_inputs(
+    model: nn.Module, layers: set[nn.Module], example_inputs: Any
+) -> dict[nn.Module, torch.Tensor | None]:
+    """The input of every layer on ``example_inputs`` (``None`` for a layer called twice)."""
+    seen: dict[nn.Module, list[torch.Tensor]] = {layer: [] for layer in layers}
+
+    def record(layer: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            seen[layer].append(args[0].detach())
+
+    handles = [layer.register_forward_pre_hook(record) for layer in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        if isinstance(example_inputs, dict):
+            model(**example_inputs)
+        elif isinstance(example_inputs, (tuple, list)):
+            model(*example_inputs)
+        else:
+            model(example_inputs)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return {layer: (found[0] if len(found) == 1 else None) for layer, found in seen.items()}
+
+
+def _constant(layer: nn.Module, inputs: torch.Tensor | None, index: int) -> float | None:
+    """The value input channel ``index`` of ``layer`` holds everywhere, if it is constant."""
+    if inputs is None:
+        return None
+    column = inputs[..., index] if isinstance(layer, nn.Linear) else inputs[:, index]
+    first = column.flatten()[0]
+    return float(first) if bool((column == first).all()) else None
+
+
+def _can_fold(layer: nn.Module) -> bool:
+    """A constant input channel adds a constant per output: a Linear, an unpadded conv."""
+    if isinstance(layer, nn.Linear):
+        return True
+    if isinstance(layer, nn.modules.conv._ConvNd) and not layer.transposed:
+        padding = layer.padding
+        return padding == "valid" or (not isinstance(padding, str) and not any(padding))
+    return False
+
+
+def _folds(
+    group: tp.Group, zero: torch.Tensor, inputs: dict[nn.Module, torch.Tensor | None]
+) -> tuple[torch.Tensor, list[tuple[int, _Fold]]]:
+    """Which zero-scale root channels can go, and the folds (by root position) they need."""
+    position = {int(r): i for i, r in enumerate(group[0].root_idxs)}
+    foldable = zero.clone()
+    folds: list[tuple[int, _Fold]] = []
+    for item in _readers(group):
+        layer = item.dep.target.module
+        for idx, root in zip(item.idxs, item.root_idxs, strict=True):
+            at = position.get(int(root))
+            if at is None or not bool(zero[at]):
+                continue
+            value = _constant(layer, inputs.get(layer), int(idx))
+            if value is None or (value != 0 and not _can_fold(layer)):
+                foldable[at] = False
+            elif value != 0:
+                folds.append((at, _Fold(layer, int(idx), value)))
+    return foldable, folds
+
+
+@torch.no_grad()
+def _apply_fold(fold: _Fold) -> None:
+    """``bias += value * (what input column index adds to every output)``."""
+    layer = fold.layer
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    if isinstance(layer, nn.Linear):
+        added = weight[:, fold.index] * fold.value
+    else:
+        assert isinstance(layer, nn.modules.conv._ConvNd)
+        per_group_in, per_group_out = weight.shape[1], weight.shape[0] // layer.groups
+        g, local = divmod(fold.index, per_group_in)
+        added = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+        rows = slice(g * per_group_out, (g + 1) * per_group_out)
+        added[rows] = weight[rows, local].flatten(1).sum(1) * fold.value
+    if layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros_like(added))
+    layer.bias.add_(added)

@@ -1,0 +1,356 @@
+"""SSR: structured sparsity on filter groups, solved with AULM (an ADMM-style scheme).
+
+A *filter group* is everything that produces one channel: the filter rows of the
+conv/linear layers a residual add or concatenation ties together, their biases and
+the scale and shift of the norms after them. Groups come from torch-pruning's
+``DependencyGraph``; unlike OICSR's out-in groups they do not overlap, so the
+proximal maps act group by group (formulas in :mod:`cpmc_plugin.proximal`):
+
+- ``kind="l21"``: ``lam * sum_g w_g ||W_g||_2`` (group lasso), prox = group soft-thresholding;
+- ``kind="l20"``: at most ``keep`` non-zero groups, prox = keep the ``keep`` largest.
+
+AULM keeps an auxiliary copy ``Z`` of the grouped weights and a scaled multiplier
+``U`` and alternates: (a) SGD on ``loss + rho/2 ||W - Z + U||^2``; (b) ``Z = prox(W + U)``;
+(c) ``U += W - Z``; (b) and (c) every ``update_every`` training steps.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ._probe import build_graph
+from ._removal import apply_removals, plan_removal, validated
+from ._weight_groups import WeightGroups
+from .oicsr import ROOT_TYPES, unwrap
+from .proximal import (
+    check_finite_nonnegative,
+    group_norms,
+    group_shrink_factors,
+    group_size_weights,
+    top_k_factors,
+)
+
+__all__ = ["SSRImportance", "SSRRegularizer"]
+
+_KINDS = ("l21", "l20")
+_OUT = ("out",)
+
+
+class SSRRegularizer:
+    """Filter-group sparsity (L2,1 or L2,0) with the AULM solver.
+
+    Training loop (the proximal convention every sparse-training regularizer here shares)::
+
+        loss.backward(); optimizer.step(); reg.proximal_step(lr)
+
+    ``proximal_step(lr)`` applies the proximal map of ``lr * rho/2 ||W - Z + U||^2`` (the
+    exact form of a gradient step on that term) and, every ``update_every`` calls, the
+    ``Z`` and ``U`` updates. The torch-pruning convention ``reg.regularize()`` after
+    ``backward()`` (adds ``rho (W - Z + U)`` to the gradients, and updates ``Z``/``U`` on
+    the same schedule) works as well. When training ends, ``reg.finalize()`` zeroes the
+    groups whose ``Z`` is zero, and ``reg.prune_zero_groups()`` removes them.
+
+    Args:
+        model: the network (or its ``DistributedDataParallel`` wrapper).
+        example_inputs: inputs to trace the dependency graph with.
+        rho: penalty parameter of the augmented term (> 0).
+        kind: ``"l21"`` (group lasso) or ``"l20"`` (keep the ``keep`` largest groups).
+        keep: for ``"l20"``: a number of groups in ``[1, num_groups]``, or a fraction in (0, 1].
+        lam: for ``"l21"``: the group-lasso strength (>= 0, default 1e-4); the threshold
+            of ``Z``'s update is ``lam * w_g / rho``.
+        update_every: training steps between two ``Z``/``U`` updates (>= 1).
+        ignored_layers: layers whose output channels are not regularized (e.g. the classifier).
+        scale_by_group_size: weight each group by ``w_g = sqrt(|g|)`` (``"l21"``).
+
+    Every dependency group (a layer, or layers tied together) keeps at least one
+    non-zero channel in ``Z``, so for ``"l20"`` slightly more than ``keep`` can survive.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+        ...                           torch.nn.Conv2d(8, 4, 3))
+        >>> reg = SSRRegularizer(net, torch.randn(1, 3, 16, 16), rho=1e-2, kind="l20",
+        ...                      keep=3, ignored_layers=[net[2]])
+        >>> reg.num_groups, reg.num_zero_groups
+        (8, 5)
+        >>> reg.finalize()
+        >>> reg.prune_zero_groups()
+        5
+        >>> net[0].out_channels
+        3
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        rho: float,
+        kind: Literal["l21", "l20"] = "l21",
+        keep: int | float | None = None,
+        lam: float | None = None,
+        update_every: int = 1,
+        ignored_layers: Sequence[nn.Module] | None = None,
+        scale_by_group_size: bool = True,
+    ) -> None:
+        self.rho = check_finite_nonnegative("rho", rho, positive=True)
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {', '.join(map(repr, _KINDS))}, got {kind!r}")
+        if kind == "l21" and keep is not None:
+            raise ValueError("keep is for kind='l20'; kind='l21' takes lam")
+        if kind == "l20" and lam is not None:
+            raise ValueError("lam is for kind='l21'; kind='l20' takes keep")
+        if kind == "l20" and keep is None:
+            raise ValueError("kind='l20' needs keep: a number of groups or a fraction in (0, 1]")
+        self.lam = check_finite_nonnegative("lam", 1e-4 if lam is None else lam)
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
+        if not isinstance(scale_by_group_size, bool):
+            raise ValueError(
+                f"scale_by_group_size must be True or False, got {scale_by_group_size!r}"
+            )
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        inner = unwrap(model)
+        ignored = list(ignored_layers) if ignored_layers is not None else []
+        known = {id(m) for m in inner.modules()}
+        for layer in ignored:
+            if not isinstance(layer, nn.Module) or id(layer) not in known:
+                raise ValueError(
+                    f"ignored_layers must hold modules of the model, got {type(layer).__name__}"
+                )
+        self.model, self.example_inputs, self.ignored_layers = model, example_inputs, ignored
+        self.kind, self.update_every, self.scale_by_group_size = (
+            kind,
+            update_every,
+            scale_by_group_size,
+        )
+        groups = self._build()
+        self._keep_spec = keep
+        self._check_keep(groups.num_groups)  # before any state: bad input changes nothing
+        self._calls = 0
+        self._reset(groups)
+
+    # ------------------------------------------------------------------ groups
+    def _build(self) -> WeightGroups:
+        graph = build_graph(unwrap(self.model), self.example_inputs)
+        all_groups = graph.get_all_groups(
+            ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES
+        )
+        built = WeightGroups.from_groups(graph, list(all_groups), kinds=_OUT)
+        if built.num_groups == 0 or not built.entries:
+            raise ValueError(
+                "nothing to regularize: the model has no conv/linear output channels outside "
+                "ignored_layers that torch-pruning can group"
+            )
+        if built.unsupported:
+            warnings.warn(
+                f"SSRRegularizer: weights of {', '.join(built.unsupported)} layers are not in "
+                "any group (unsupported layer type); they are not regularized",
+                stacklevel=3,
+            )
+        return built
+
+    def _check_keep(self, num_groups: int) -> int:
+        keep = self._keep_spec
+        if self.kind != "l20":
+            return num_groups
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)):
+            raise ValueError(f"keep must be an integer or a fraction in (0, 1], got {keep!r}")
+        if isinstance(keep, float):
+            if not 0 < keep <= 1:
+                raise ValueError(f"keep as a fraction must be in (0, 1], got {keep}")
+            return max(1, round(keep * num_groups))
+        if not 1 <= keep <= num_groups:
+            raise ValueError(
+                f"keep must be between 1 and the number of groups ({num_groups}), got {keep}"
+            )
+        return keep
+
+    def _reset(self, groups: WeightGroups) -> None:
+        self._groups = groups
+        self._weights = group_size_weights(groups.sizes, self.scale_by_group_size).to(
+            groups.device()
+        )
+        self.keep = self._check_keep(groups.num_groups) if self.kind == "l20" else None
+        weights = [e.tensor.detach() for e in groups.entries]
+        self._u = [torch.zeros_like(w) for w in weights]
+        self._z = groups.scaled(weights, self._prox(groups.sq_norms(weights)))
+
+    def update(self) -> None:
+        """Rebuild the groups from the model as it is now and restart ``Z = prox(W)``, ``U = 0``.
+
+        Runs by itself when a weight was replaced or reshaped (the model was pruned).
+        A ``keep`` count larger than the groups left is lowered to their number.
+        """
+        groups = self._build()
+        if self.kind == "l20" and isinstance(self._keep_spec, int):
+            self._keep_spec = min(self._keep_spec, groups.num_groups)
+        self._reset(groups)
+
+    def _current(self) -> WeightGroups:
+        if self._groups.is_stale():
+            self.update()
+        device = self._groups.device()
+        if self._z and self._z[0].device != device:  # the model moved
+            self._z = [z.to(device) for z in self._z]
+            self._u = [u.to(device) for u in self._u]
+            self._weights = self._weights.to(device)
+        return self._groups
+
+    @property
+    def num_groups(self) -> int:
+        """Number of filter groups (channels, with coupled channels counted once)."""
+        return self._current().num_groups
+
+    @property
+    def group_channels(self) -> list[tuple[str, int]]:
+        """``(layer name, channel)`` of every group, in the order of the other tensors."""
+        return list(self._current().channels)
+
+    @torch.no_grad()
+    def group_norms(self) -> torch.Tensor:
+        """``||W_g||_2`` of every filter group of the model, detached."""
+        return group_norms(self._current().sq_norms())
+
+    @property
+    @torch.no_grad()
+    def num_zero_groups(self) -> int:
+        """Groups at exact zero in ``Z``."""
+        groups = self._current()
+        return int((groups.sq_norms(self._z) == 0).sum())
+
+    # ------------------------------------------------------------------ AULM
+    def _prox(self, sq_norms: torch.Tensor) -> torch.Tensor:
+        """Per-group factors of the proximal map of ``R / rho`` at norms ``sqrt(sq_norms)``."""
+        if self.kind == "l21":
+            return group_shrink_factors(sq_norms, self.lam * self._weights / self.rho)
+        assert self.keep is not None
+        factors = top_k_factors(sq_norms, min(self.keep, len(sq_norms)))
+        for segment in self._groups.segments():  # never empty a layer
+            if not bool(factors[segment].any()):
+                factors[segment.start + int(sq_norms[segment].argmax())] = 1.0
+        return factors
+
+    def _residuals(self, groups: WeightGroups) -> list[torch.Tensor]:
+        """``W - Z + U`` per weight tensor."""
+        return [e.tensor - z + u for e, z, u in zip(groups.entries, self._z, self._u, strict=True)]
+
+    def penalty(self) -> torch.Tensor:
+        """``1/2 ||W - Z + U||^2`` (without ``rho``), differentiable in ``W``."""
+        return 0.5 * torch.stack([r.pow(2).sum() for r in self._residuals(self._current())]).sum()
+
+    def add_penalty(self, loss: torch.Tensor, *_: Any) -> torch.Tensor:
+        """``loss + rho * penalty()``; its signature fits NNI's ``evaluator.patch_loss``.
+
+        In this convention call :meth:`update_auxiliary` on your own schedule.
+        """
+        return loss + self.rho * self.penalty()
+
+    @torch.no_grad()
+    def update_auxiliary(self) -> int:
+        """``Z = prox(W + U)``, ``U += W - Z``; returns the groups at zero in ``Z``."""
+        groups = self._current()
+        weights = [e.tensor.detach() for e in groups.entries]
+        shifted = [w + u for w, u in zip(weights, self._u, strict=True)]
+        self._z = groups.scaled(shifted, self._prox(groups.sq_norms(shifted)))
+        self._u = [s - z for s, z in zip(shifted, self._z, strict=True)]
+        return int((groups.sq_norms(self._z) == 0).sum())
+
+    def _tick(self) -> None:
+        self._calls += 1
+        if self._calls % self.update_every == 0:
+            self.update_auxiliary()
+
+    @torch.no_grad()
+    def regularize(self, model: nn.Module | None = None) -> None:
+        """Add ``rho (W - Z + U)`` to the gradients (after ``backward()``, before ``step()``)."""
+        if model is not None and unwrap(model) is not unwrap(self.model):
+            raise ValueError("regularize() got a different model than the regularizer was built on")
+        groups = self._current()
+        for entry, residual in zip(groups.entries, self._residuals(groups), strict=True):
+            tensor = entry.tensor
+            if tensor.requires_grad:
+                step = self.rho * residual
+                tensor.grad = step.clone() if tensor.grad is None else tensor.grad.add_(step)
+        self._tick()
+
+    @torch.no_grad()
+    def proximal_step(self, lr: float) -> int:
+        """``W = (W + lr rho (Z - U)) / (1 + lr rho)`` after ``optimizer.step()``; then the
+        scheduled ``Z``/``U`` update. Returns the groups at zero in ``Z``."""
+        step = check_finite_nonnegative("lr", lr, positive=True) * self.rho
+        groups = self._current()
+        for entry, z, u in zip(groups.entries, self._z, self._u, strict=True):
+            entry.tensor.data.add_(step * (z - u)).div_(1.0 + step)
+        self._tick()
+        return self.num_zero_groups
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        """Zero the model's groups whose ``Z`` is zero (exact zeros; other weights kept)."""
+        groups = self._current()
+        alive = (groups.sq_norms(self._z) > 0).to(torch.float32)
+        groups.scale(alive)
+
+    @torch.no_grad()
+    def prune_zero_groups(self) -> int:
+        """Remove, through torch-pruning, the channels whose filter group is exactly zero.
+
+        Such a channel outputs zero (its filters, bias, norm scale and shift are zero), so
+        the model computes the same function. Every layer keeps at least one channel.
+        Returns the number of channels removed; ``Z`` and ``U`` restart afterwards.
+        """
+        graph = build_graph(unwrap(self.model), self.example_inputs)
+        plan = []
+        for group in graph.get_all_groups(
+            ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES
+        ):
+            built = WeightGroups.from_groups(graph, [group], kinds=_OUT)
+            if not built.entries:
+                continue  # no supported weights: nothing tells whether it is zero
+            norms = built.sq_norms()
+            removal = plan_removal(group, norms == 0, norms)
+            if removal is not None:
+                plan.append(removal)
+        removed = apply_removals(graph, validated(graph, plan))
+        if removed:
+            self.update()
+        return removed
+
+
+class SSRImportance(tp.importance.Importance):
+    """The energy ``||W_g||_2^2`` of each filter group: what :class:`SSRRegularizer` drives to 0.
+
+    Only the weights that produce a channel count (filters, biases, norm scale and
+    shift), not the slices of the layers that read it. Use it with
+    ``global_pruning=True`` in ``tp.pruner.MetaPruner`` or as the importance of
+    :class:`~cpmc_plugin.CPMCPruner` after SSR training.
+
+    Example:
+        >>> import torch, torch_pruning as tp
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+        ...                           torch.nn.Conv2d(8, 4, 3))
+        >>> pruner = tp.pruner.MetaPruner(net, torch.randn(1, 3, 16, 16),
+        ...                               importance=SSRImportance(), pruning_ratio=0.5,
+        ...                               global_pruning=True, ignored_layers=[net[2]])
+        >>> pruner.step()
+        >>> net[0].out_channels
+        4
+    """
+
+    def __repr__(self) -> str:
+        return "SSRImportance()"
+
+    @torch.no_grad()
+    def __call__(self, group: tp.Group) -> torch.Tensor:
+        groups = WeightGroups.from_groups(group._DG, [group], kinds=_OUT)
+        if groups.num_groups == 0 or not groups.entries:
+            return torch.zeros(len(group[0].idxs))
+        return groups.sq_norms().cpu()
