@@ -44,13 +44,29 @@ def plan_removal(group: tp.Group, remove: torch.Tensor, priority: torch.Tensor) 
     )
 
 
+def _splits_conv_groups(group: tp.Group) -> bool:
+    """Whether the group touches a grouped (not depthwise) conv: removing arbitrary channels
+    there would leave channel counts that its ``groups`` no longer divides."""
+    for item in group:
+        layer = item.dep.target.module
+        if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1:
+            depthwise = layer.groups == layer.in_channels == layer.out_channels
+            if not depthwise:
+                return True
+    return False
+
+
 def validated(graph: tp.DependencyGraph, removals: Sequence[Removal]) -> list[Removal]:
-    """The removals torch-pruning accepts on the graph as it is now (nothing is changed)."""
-    return [
-        r
-        for r in removals
-        if graph.check_pruning_group(graph.get_pruning_group(r.module, r.handler, list(r.idxs)))
-    ]
+    """The removals torch-pruning accepts on the graph as it is now (nothing is changed).
+
+    Channels read or written by a grouped, non-depthwise conv are never removed here.
+    """
+    accepted = []
+    for r in removals:
+        group = graph.get_pruning_group(r.module, r.handler, list(r.idxs))
+        if graph.check_pruning_group(group) and not _splits_conv_groups(group):
+            accepted.append(r)
+    return accepted
 
 
 def apply_removals(graph: tp.DependencyGraph, removals: Sequence[Removal]) -> int:

@@ -193,16 +193,16 @@ class BNFISTARegularizer:
 
     @property
     def num_zero_channels(self) -> int:
-        """Channels whose regularized factors are all exactly zero (in the sparse iterate)."""
+        """Channels whose scale is exactly zero in the sparse iterate (the removable ones;
+        with ``scale=False``: whose shift is zero)."""
+        name = "weight" if self.scale else "bias"
         total = 0
         for bn in self.norms:
-            zero = torch.ones(bn.num_features, dtype=torch.bool, device=bn.weight.device)
-            for name in self._names:
-                x = self._sparse.get((id(bn), name))
-                if x is None or x.shape != zero.shape:
-                    x = getattr(bn, name).detach()
-                zero &= x.to(zero.device) == 0
-            total += int(zero.sum())
+            current = getattr(bn, name).detach()
+            x = self._sparse.get((id(bn), name))
+            total += int(
+                ((x if x is not None and x.shape == current.shape else current) == 0).sum()
+            )
         return total
 
     # ------------------------------------------------------------------ pruning
@@ -214,7 +214,8 @@ class BNFISTARegularizer:
         each layer reading it is folded into that layer's bias (a Linear, or a conv
         without zero padding; a bias is created when the layer has none). A channel
         whose non-zero constant reaches a zero-padded conv cannot be folded exactly and
-        stays (a warning says how many). Every layer keeps at least one channel.
+        stays (a warning says how many). Every layer keeps at least one channel, and
+        channels that a grouped (not depthwise) conv reads or writes stay.
         A ``DistributedDataParallel`` wrapper must be rebuilt afterwards.
         """
         self.finalize()
@@ -245,7 +246,7 @@ class BNFISTARegularizer:
                 f"{unfoldable} channels with zero BatchNorm scale were kept: their constant "
                 "output reaches a zero-padded convolution (or a layer that is not a conv or "
                 "linear), where it cannot be folded into a bias exactly",
-                stacklevel=2,
+                stacklevel=3,  # past torch.no_grad's wrapper, to the caller
             )
         return apply_removals(graph, accepted)
 

@@ -40,6 +40,9 @@ _BUILDERS: dict[str, Callable[..., tp.importance.Importance]] = {
     "l1": lambda x, family: tp.importance.GroupMagnitudeImportance(p=1),
     "l2": lambda x, family: tp.importance.GroupMagnitudeImportance(p=2),
     "bn-scale": lambda x, family: tp.importance.BNScaleImportance(),
+    # raw |gamma| compared across layers, as network slimming and BN-FISTA prune; finite
+    # when a layer's scales are all zero (the per-layer mean of "bn-scale" is then 0)
+    "slimming": lambda x, family: tp.importance.BNScaleImportance(normalizer=None),
     "lamp": lambda x, family: tp.importance.LAMPImportance(p=2),
     "taylor": lambda x, family: tp.importance.GroupTaylorImportance(),
     "random": lambda x, family: tp.importance.RandomImportance(),

@@ -69,7 +69,9 @@ class SSRRegularizer:
         scale_by_group_size: weight each group by ``w_g = sqrt(|g|)`` (``"l21"``).
 
     Every dependency group (a layer, or layers tied together) keeps at least one
-    non-zero channel in ``Z``, so for ``"l20"`` slightly more than ``keep`` can survive.
+    non-zero channel in ``Z`` (its largest, unshrunk), so for ``"l20"`` slightly more
+    than ``keep`` can survive. Channels that a grouped (not depthwise) conv reads or
+    writes are not removed by :meth:`prune_zero_groups`.
 
     Example:
         >>> import torch
@@ -228,12 +230,17 @@ class SSRRegularizer:
 
     # ------------------------------------------------------------------ AULM
     def _prox(self, sq_norms: torch.Tensor) -> torch.Tensor:
-        """Per-group factors of the proximal map of ``R / rho`` at norms ``sqrt(sq_norms)``."""
+        """Per-group factors of the proximal map of ``R / rho`` at norms ``sqrt(sq_norms)``.
+
+        Where it would zero every channel of a dependency group, the largest one keeps
+        factor 1, so no layer is cut off.
+        """
         if self.kind == "l21":
-            return group_shrink_factors(sq_norms, self.lam * self._weights / self.rho)
-        assert self.keep is not None
-        factors = top_k_factors(sq_norms, min(self.keep, len(sq_norms)))
-        for segment in self._groups.segments():  # never empty a layer
+            factors = group_shrink_factors(sq_norms, self.lam * self._weights / self.rho)
+        else:
+            assert self.keep is not None
+            factors = top_k_factors(sq_norms, min(self.keep, len(sq_norms)))
+        for segment in self._groups.segments():
             if not bool(factors[segment].any()):
                 factors[segment.start + int(sq_norms[segment].argmax())] = 1.0
         return factors

@@ -70,6 +70,7 @@ def fit(
     desc: str = "train",
     sparsity: SparseRegularizer | None = None,
     aux_weight: float = 0.3,
+    after_backward: Callable[[], None] | None = None,
 ) -> int:
     """SGD (momentum 0.9, weight decay 5e-4) with a cosine learning rate, in place.
 
@@ -78,6 +79,8 @@ def fit(
     ``sparsity``, every step ends with ``sparsity.proximal_step(lr)`` and the last epoch
     with ``sparsity.finalize()``; a model wrapped by
     :func:`~cpmc_plugin.attach_auxiliary_classifiers` trains on :func:`combined_loss`.
+    ``after_backward()`` runs between ``backward()`` and ``optimizer.step()`` (e.g. a
+    torch-pruning pruner's ``regularize``).
     Returns the number of groups at zero after the last proximal step (0 without
     ``sparsity``).
     """
@@ -106,6 +109,8 @@ def fit(
             outputs = wrapped(images.to(env.device))
             loss = combined_loss(outputs, labels.to(env.device), aux_weight=aux_weight)
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             optimizer.step()
             step_lr = optimizer.param_groups[0]["lr"]
             if sparsity is not None and step_lr > 0:
