@@ -81,15 +81,16 @@ METHODS = (
     "tp-bnscale",
     "tp-groupnorm",
 )
-#: per-method strength: lam (oicsr, bn-fista, ssr-l21), keep (ssr-l20), reg (tp-*)
-STRENGTHS: dict[str, float] = {
-    "oicsr": 2e-3,
-    "bn-fista": 2e-2,
-    "bn-fista+aux": 2e-2,
-    "ssr-l21": 2e-3,
-    "ssr-l20": 0.5,
-    "tp-bnscale": 1e-3,
-    "tp-groupnorm": 5e-3,
+#: per method, a weak and a strong setting: lam (oicsr, bn-fista, ssr-l21), keep (ssr-l20),
+#: reg (tp-*); every method gets the same two tries
+STRENGTHS: dict[str, tuple[float, ...]] = {
+    "oicsr": (3e-3, 1e-2),
+    "bn-fista": (5e-2, 2e-1),
+    "bn-fista+aux": (5e-2, 2e-1),
+    "ssr-l21": (1e-2, 3e-2),
+    "ssr-l20": (0.7, 0.5),
+    "tp-bnscale": (1e-3, 1e-2),
+    "tp-groupnorm": (5e-4, 5e-3),
 }
 AUX_AT = ["layer1", "layer2"]
 
@@ -113,11 +114,15 @@ def importance_for(method: str, x: torch.Tensor) -> tp.importance.Importance:
 
 
 def sparse_phase(
-    method: str, model: nn.Module, x: torch.Tensor, loader: Any, args: argparse.Namespace
+    method: str,
+    strength: float | None,
+    model: nn.Module,
+    x: torch.Tensor,
+    loader: Any,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     """Train ``model`` in place with the method's regularizer; returns what it reports."""
     classifier = [model.classifier]
-    strength = args.strengths.get(method)
     trained: nn.Module = model
     regularizer = None
     after_backward: Callable[[], None] | None = None
@@ -167,12 +172,18 @@ def sparse_phase(
 
 
 def run_method(
-    method: str, base: nn.Module, x: torch.Tensor, data: dict[str, Any], args: argparse.Namespace
+    method: str,
+    strength: float | None,
+    base: nn.Module,
+    x: torch.Tensor,
+    data: dict[str, Any],
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     started = time.time()
     torch.manual_seed(args.seed)
     model = copy.deepcopy(base)
-    row: dict[str, Any] = {"method": method, **sparse_phase(method, model, x, data["train"], args)}
+    sparse = sparse_phase(method, strength, model, x, data["train"], args)
+    row: dict[str, Any] = {"method": method, **sparse}
     cpu = torch.device("cpu")
     row["acc_sparse"] = accuracy(model, data["test"], cpu)
     if args.sparse_only:
@@ -235,14 +246,14 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def strength_option(text: str) -> tuple[str, float]:
-    method, _, value = text.partition("=")
+def strength_option(text: str) -> tuple[str, tuple[float, ...]]:
+    method, _, values = text.partition("=")
     if method not in STRENGTHS:
         raise argparse.ArgumentTypeError(f"method must be one of {', '.join(STRENGTHS)}")
     try:
-        return method, float(value)
+        return method, tuple(float(v) for v in values.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{values!r} is not a list of numbers") from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -256,12 +267,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sparse-epochs", type=int, default=4)
     p.add_argument("--sparse-lr", type=float, default=0.05)
     p.add_argument("--update-every", type=int, default=10, help="SSR's Z/U schedule (steps)")
-    p.add_argument("--rho", type=float, default=0.5, help="SSR's rho")
+    p.add_argument("--rho", type=float, default=1.0, help="SSR's rho")
     p.add_argument("--sparse-only", action="store_true", help="stop after the sparse phase")
     p.add_argument("--flops-reduction", type=float, default=0.5)
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--finetune-lr", type=float, default=0.02)
-    p.add_argument("--strength", type=strength_option, action="append", default=[])
+    p.add_argument(
+        "--strength",
+        type=strength_option,
+        action="append",
+        default=[],
+        metavar="METHOD=V1[,V2]",
+        help="strengths to try for a method (default: STRENGTHS)",
+    )
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="only merge these result files into --out and print")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true")
@@ -279,8 +299,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def merge(args: argparse.Namespace) -> dict[str, Any]:
+    """One result from runs split over processes (same options, different methods)."""
+    parts = [json.loads(path.read_text()) for path in args.merge]
+    result = parts[0]
+    for part in parts[1:]:
+        same = ("model", "baseline_accuracy")
+        if any(part[k] != result[k] for k in same):
+            raise SystemExit(f"{args.merge}: the runs differ in {same}; cannot merge")
+        result["rows"].extend(part["rows"])
+    order = {m: i for i, m in enumerate(METHODS)}
+    result["rows"].sort(key=lambda r: order[r["method"]])
+    result["command"] = [part["command"] for part in parts]
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    print(table(result))
+    if args.markdown:
+        args.markdown.write_text(table(result) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     torch.set_num_threads(args.threads)
     train, test, _ = make_loaders(
         "fashion-mnist", None, batch_size=128, train_subset=args.train_subset,
@@ -301,11 +342,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     log(f"baseline accuracy {result['baseline_accuracy']:.2%}")
     for method in args.methods:
-        row = run_method(method, base, x, data, args)
-        result["rows"].append(row)
-        log(json.dumps(row))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str))
+        for strength in args.strengths.get(method, (None,)):
+            row = run_method(method, strength, base, x, data, args)
+            result["rows"].append(row)
+            log(json.dumps(row))
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2, default=str))
     if args.sparse_only:
         return result
     print(table(result))

@@ -165,7 +165,7 @@ def test_l21_keeps_one_channel_per_layer_in_z() -> None:
     assert reg.num_groups == 4
     assert reg.num_zero_groups == 3  # the largest filter of the layer stays
     reg.finalize()
-    assert float(net[0].weight.abs().sum()) > 0
+    assert float(net[0].weight.detach().abs().sum()) > 0
 
 
 # ---------------------------------------------------------------- least squares

@@ -25,7 +25,7 @@ import torch_pruning as tp
 from ._groups import is_out_item
 from ._probe import build_graph
 from ._removal import Removal, apply_removals, plan_removal, validated
-from .oicsr import ROOT_TYPES, unwrap
+from .oicsr import ROOT_TYPES, check_ignored_layers, unwrap
 from .proximal import check_finite_nonnegative, soft_threshold
 
 __all__ = ["BNFISTARegularizer"]
@@ -114,13 +114,7 @@ class BNFISTARegularizer:
                 "BNFISTARegularizer needs BatchNorm layers; the model has none "
                 "(use OICSRRegularizer or SSRRegularizer for models without them)"
             )
-        ignored = list(ignored_layers) if ignored_layers is not None else []
-        known = {id(m) for m in inner.modules()}
-        for layer in ignored:
-            if not isinstance(layer, nn.Module) or id(layer) not in known:
-                raise ValueError(
-                    f"ignored_layers must hold modules of the model, got {type(layer).__name__}"
-                )
+        ignored = check_ignored_layers(model, ignored_layers)
         skip = {id(m) for layer in ignored for m in layer.modules()}
         norms = [m for m in norms if m.affine and id(m) not in skip]
         if not norms:

@@ -40,6 +40,20 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, wrappers) else model
 
 
+def check_ignored_layers(
+    model: nn.Module, ignored_layers: Sequence[nn.Module] | None
+) -> list[nn.Module]:
+    """``ignored_layers`` as a list, or ``ValueError`` if one is not a module of ``model``."""
+    ignored = list(ignored_layers) if ignored_layers is not None else []
+    known = {id(m) for m in unwrap(model).modules()}
+    for layer in ignored:
+        if not isinstance(layer, nn.Module) or id(layer) not in known:
+            raise ValueError(
+                f"ignored_layers must hold modules of the model, got {type(layer).__name__}"
+            )
+    return ignored
+
+
 def _warn_unsupported(names: Sequence[str], who: str) -> None:
     if names:
         warnings.warn(
@@ -102,14 +116,7 @@ class OICSRRegularizer:
             raise TypeError(f"scale_by_group_size must be a bool, got {scale_by_group_size!r}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        inner = unwrap(model)
-        ignored = list(ignored_layers) if ignored_layers is not None else []
-        known = {id(m) for m in inner.modules()}
-        for layer in ignored:
-            if not isinstance(layer, nn.Module) or id(layer) not in known:
-                raise ValueError(
-                    f"ignored_layers must hold modules of the model, got {type(layer).__name__}"
-                )
+        ignored = check_ignored_layers(model, ignored_layers)
         self.model = model
         self.example_inputs = example_inputs
         self.ignored_layers = ignored

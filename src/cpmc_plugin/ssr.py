@@ -27,7 +27,7 @@ import torch_pruning as tp
 from ._probe import build_graph
 from ._removal import apply_removals, plan_removal, validated
 from ._weight_groups import WeightGroups
-from .oicsr import ROOT_TYPES, unwrap
+from .oicsr import ROOT_TYPES, check_ignored_layers, unwrap
 from .proximal import (
     check_finite_nonnegative,
     group_norms,
@@ -119,14 +119,7 @@ class SSRRegularizer:
             )
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        inner = unwrap(model)
-        ignored = list(ignored_layers) if ignored_layers is not None else []
-        known = {id(m) for m in inner.modules()}
-        for layer in ignored:
-            if not isinstance(layer, nn.Module) or id(layer) not in known:
-                raise ValueError(
-                    f"ignored_layers must hold modules of the model, got {type(layer).__name__}"
-                )
+        ignored = check_ignored_layers(model, ignored_layers)
         self.model, self.example_inputs, self.ignored_layers = model, example_inputs, ignored
         self.kind, self.update_every, self.scale_by_group_size = (
             kind,
