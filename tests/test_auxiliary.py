@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -12,6 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cpmc_plugin import AuxiliaryClassifiers, attach_auxiliary_classifiers, combined_loss
+
+from .helpers import assert_state_unchanged, digits_split, snapshot
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
@@ -39,17 +40,6 @@ def small_net() -> nn.Sequential:
     )
 
 
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return copy.deepcopy(model.state_dict())
-
-
-def assert_state_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
-
-
 def hooks_left(model: nn.Module) -> list[str]:
     return [
         name
@@ -64,11 +54,8 @@ def structure(model: nn.Module) -> list[tuple[str, type]]:
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    data = sklearn_datasets.load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    return x[order][:400], y[order][:400]
+    x, y, _, _ = digits_split()
+    return x[:400], y[:400]
 
 
 # ---------------------------------------------------------------- forward

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from typing import Any
@@ -15,6 +14,15 @@ import torch.nn.functional as F
 from cpmc_plugin import BNFISTARegularizer
 
 from .archs import ARCHS, Arch, build, classifier_of
+from .helpers import (
+    accuracy,
+    assert_state_unchanged,
+    digits_bn_net,
+    digits_split,
+    param_count,
+    recalibrate_bn,
+    snapshot,
+)
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
@@ -30,21 +38,6 @@ M2 = (T2 - 1.0) / T3  # 0.6180339887 / 2.1935270853 = 0.2817535251
 
 
 # ---------------------------------------------------------------- helpers
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return copy.deepcopy(model.state_dict())
-
-
-def assert_state_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
-
-
-def params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def one_bn_net() -> nn.Sequential:
     """conv (1->3, 1x1) -> BN(3) -> ReLU -> conv (3->2, 1x1): gamma/beta set by hand."""
     torch.manual_seed(0)
@@ -233,46 +226,7 @@ def test_ignored_layers_are_left_alone() -> None:
 # ---------------------------------------------------------------- digits
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    data = sklearn_datasets.load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[order], y[order]
-    return x[:1400], y[:1400], x[1400:], y[1400:]
-
-
-def small_net() -> nn.Sequential:
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-    return nn.Sequential(
-        *block(1, 16),
-        *block(16, 32),
-        nn.MaxPool2d(2),
-        *block(32, 32),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(32, 10),
-    )
-
-
-@torch.no_grad()
-def recalibrate_bn(net: nn.Module, x: torch.Tensor) -> None:
-    """Running statistics lag behind factors that shrink every step: measure them again."""
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-    net.train()
-    for i in range(0, len(x), 100):
-        net(x[i : i + 100])
-    net.eval()
-
-
-@torch.no_grad()
-def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    net.eval()
-    return float((net(x).argmax(1) == y).float().mean())
+    return digits_split()
 
 
 def test_fista_on_digits_reaches_exact_zeros_that_prune_without_changing_outputs(
@@ -280,7 +234,7 @@ def test_fista_on_digits_reaches_exact_zeros_that_prune_without_changing_outputs
 ) -> None:
     x_train, y_train, x_test, y_test = digits
     torch.manual_seed(0)
-    net = small_net()
+    net = digits_bn_net()
     reg = BNFISTARegularizer(net, lam=0.1)
     lr = 0.05
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
@@ -302,7 +256,7 @@ def test_fista_on_digits_reaches_exact_zeros_that_prune_without_changing_outputs
     recalibrate_bn(net, x_train)
     assert accuracy(net, x_test, y_test) > 0.75  # measured 0.90; chance is 0.1
 
-    params_before = params(net)
+    params_before = param_count(net)
     with torch.no_grad():
         before = net(x_test)
     removed, messages = prune_quietly(reg, x_train[:2])
@@ -313,7 +267,7 @@ def test_fista_on_digits_reaches_exact_zeros_that_prune_without_changing_outputs
     assert removed + sum(kept) == zero
     assert removed >= zero // 2
     assert sum(bn.num_features for bn in reg.norms) == 80 - removed
-    assert params(net) < params_before
+    assert param_count(net) < params_before
     with torch.no_grad():
         after = net(x_test)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
@@ -329,11 +283,11 @@ def test_removing_zero_scale_channels_keeps_outputs(arch: Arch) -> None:
     reg = BNFISTARegularizer(model, lam=0.0, ignored_layers=[classifier_of(model)])
     with torch.no_grad():
         before = model(x)
-    params_before = params(model)
+    params_before = param_count(model)
     removed, messages = prune_quietly(reg, x)
     assert 0 < removed <= zeroed
     assert all("cannot be folded into a bias exactly" in m for m in messages)
-    assert params(model) < params_before
+    assert param_count(model) < params_before
     with torch.no_grad():
         after = model(x)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)

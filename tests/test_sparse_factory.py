@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from cpmc_plugin import (
@@ -20,6 +18,8 @@ from cpmc_plugin import (
     make_regularizer,
 )
 
+from .helpers import assert_state_unchanged, digits_bn_net, digits_split, snapshot
+
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,40 +28,10 @@ X = torch.randn(2, 1, 8, 8)
 
 
 # ---------------------------------------------------------------- helpers
-def small_net() -> nn.Sequential:
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-    torch.manual_seed(0)
-    return nn.Sequential(
-        *block(1, 16),
-        *block(16, 32),
-        nn.MaxPool2d(2),
-        *block(32, 32),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(32, 10),
-    )
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return copy.deepcopy(model.state_dict())
-
-
-def assert_state_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
-
-
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    data = sklearn_datasets.load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    return x[order][:1400], y[order][:1400]
+    x, y, _, _ = digits_split()
+    return x[:1400], y[:1400]
 
 
 # ---------------------------------------------------------------- the factory
@@ -79,7 +49,7 @@ def test_the_known_methods() -> None:
     ],
 )
 def test_each_name_gives_its_class(name: str, options: dict[str, Any], cls: type) -> None:
-    net = small_net()
+    net = digits_bn_net()
     reg = make_regularizer(name, net, X, ignored_layers=[net[-1]], **options)
     assert type(reg) is cls
     assert isinstance(reg, SparseRegularizer)
@@ -87,7 +57,7 @@ def test_each_name_gives_its_class(name: str, options: dict[str, Any], cls: type
 
 
 def test_defaults_and_options_reach_the_regularizer() -> None:
-    net = small_net()
+    net = digits_bn_net()
     oicsr = make_regularizer("oicsr", net, X)
     assert isinstance(oicsr, OICSRRegularizer) and oicsr.lam == 1e-4
     fista = make_regularizer("bn-fista", net, X, strength=0.3, ignored_layers=[net[1]])
@@ -103,7 +73,7 @@ def test_defaults_and_options_reach_the_regularizer() -> None:
 
 
 def test_names_are_case_and_space_insensitive() -> None:
-    net = small_net()
+    net = digits_bn_net()
     assert isinstance(make_regularizer("  BN-FISTA ", net, X), BNFISTARegularizer)
     assert isinstance(make_regularizer("SSR-L20", net, X, keep=1), SSRRegularizer)
 
@@ -129,7 +99,7 @@ def test_names_are_case_and_space_insensitive() -> None:
     ],
 )
 def test_bad_names_and_options(name: Any, options: dict[str, Any], message: str) -> None:
-    net = small_net().train()
+    net = digits_bn_net().train()
     before = snapshot(net)
     with pytest.raises(ValueError, match=message):
         make_regularizer(name, net, X, **options)
@@ -163,7 +133,7 @@ def test_one_training_loop_fits_every_method(
     name: str, digits: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
     x, y = digits
-    net = small_net()
+    net = digits_bn_net()
     reg = make_regularizer(name, net, x[:2], ignored_layers=[net[-1]], **STRENGTHS[name])
     lr = 0.05
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch_pruning as tp
 from cpmc_plugin import SSRImportance, SSRRegularizer
 
 from .archs import ARCHS, Arch, build, classifier_of
+from .helpers import assert_state_unchanged, param_count, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,21 +21,6 @@ W_HAND = [[3.0, 4.0], [0.3, 0.4], [0.0, 1.0]]  # row norms 5, 0.5, 1
 
 
 # ---------------------------------------------------------------- helpers
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return copy.deepcopy(model.state_dict())
-
-
-def assert_state_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
-
-
-def params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def hand_linear() -> nn.Linear:
     """Linear(2 -> 3) without bias: each output row is one group of two weights."""
     layer = nn.Linear(2, 3, bias=False)
@@ -242,13 +227,13 @@ def test_finalize_then_prune_keeps_outputs(arch: Arch) -> None:
     reg.finalize()
     with torch.no_grad():
         before = model(x)
-    params_before = params(model)
+    params_before = param_count(model)
     removed = reg.prune_zero_groups()
     # channels a grouped (not depthwise) conv reads or writes are never removed
     assert removed == zero if arch.name != "grouped" else 0 < removed < zero
     assert reg.num_groups == groups - removed
     assert int((reg.group_norms() == 0).sum()) == zero - removed
-    assert params(model) < params_before
+    assert param_count(model) < params_before
     with torch.no_grad():
         after = model(x)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)

@@ -16,7 +16,10 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-__all__ = ["Removal", "apply_removals", "plan_removal", "validated"]
+from ._weight_groups import WeightGroups
+from .proximal import group_norms
+
+__all__ = ["Removal", "apply_removals", "plan_removal", "remove_small_groups", "validated"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,27 @@ def apply_removals(graph: tp.DependencyGraph, removals: Sequence[Removal]) -> in
             group.prune()
             removed += len(r.idxs)
     return removed
+
+
+def remove_small_groups(
+    graph: tp.DependencyGraph,
+    groups: Sequence[tp.Group],
+    *,
+    kinds: tuple[str, ...],
+    limit: float,
+) -> int:
+    """Remove the channels whose weights of ``kinds`` have norm at most ``limit``.
+
+    Groups without any supported weight tensor are left alone (nothing tells whether
+    they are zero). Returns the number of channels removed.
+    """
+    plan = []
+    for group in groups:
+        built = WeightGroups.from_groups(graph, [group], kinds=kinds)
+        if not built.entries:
+            continue
+        norms = group_norms(built.sq_norms())
+        removal = plan_removal(group, norms <= limit, norms)
+        if removal is not None:
+            plan.append(removal)
+    return apply_removals(graph, validated(graph, plan))

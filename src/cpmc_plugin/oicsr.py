@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ._probe import build_graph
-from ._removal import apply_removals, plan_removal, validated
+from ._removal import remove_small_groups
 from ._weight_groups import WeightGroups
 from .proximal import (
     check_finite_nonnegative,
@@ -162,13 +162,8 @@ class OICSRRegularizer:
         """
         limit = check_finite_nonnegative("tolerance", tolerance)
         graph = self._trace()
-        plan = []
-        for group in self._all_groups(graph):
-            norms = group_norms(WeightGroups.from_groups(graph, [group]).sq_norms())
-            removal = plan_removal(group, norms <= limit, norms)
-            if removal is not None:
-                plan.append(removal)
-        removed = apply_removals(graph, validated(graph, plan))
+        groups = self._all_groups(graph)
+        removed = remove_small_groups(graph, groups, kinds=("out", "in"), limit=limit)
         if removed:
             self.update()
         return removed
@@ -271,13 +266,16 @@ class OICSRImportance(tp.importance.Importance):
         4
     """
 
+    #: which weights of a group count: producers ("out") and consumers ("in")
+    parts: tuple[str, ...] = ("out", "in")
+
     def __repr__(self) -> str:
-        return "OICSRImportance()"
+        return f"{type(self).__name__}()"
 
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> torch.Tensor:
-        groups = WeightGroups.from_groups(group._DG, [group])
-        _warn_unsupported(groups.unsupported, "OICSRImportance")
+        groups = WeightGroups.from_groups(group._DG, [group], kinds=self.parts)
+        _warn_unsupported(groups.unsupported, type(self).__name__)
         if groups.num_groups == 0 or not groups.entries:
             return torch.zeros(len(group[0].idxs))
         return groups.sq_norms().cpu()

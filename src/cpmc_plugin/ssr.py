@@ -22,12 +22,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from ._probe import build_graph
-from ._removal import apply_removals, plan_removal, validated
+from ._removal import remove_small_groups
 from ._weight_groups import WeightGroups
-from .oicsr import ROOT_TYPES, check_ignored_layers, unwrap
+from .oicsr import ROOT_TYPES, OICSRImportance, check_ignored_layers, unwrap
 from .proximal import (
     check_finite_nonnegative,
     group_norms,
@@ -308,49 +307,34 @@ class SSRRegularizer:
         Returns the number of channels removed; ``Z`` and ``U`` restart afterwards.
         """
         graph = build_graph(unwrap(self.model), self.example_inputs)
-        plan = []
-        for group in graph.get_all_groups(
-            ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES
-        ):
-            built = WeightGroups.from_groups(graph, [group], kinds=_OUT)
-            if not built.entries:
-                continue  # no supported weights: nothing tells whether it is zero
-            norms = built.sq_norms()
-            removal = plan_removal(group, norms == 0, norms)
-            if removal is not None:
-                plan.append(removal)
-        removed = apply_removals(graph, validated(graph, plan))
+        groups = list(
+            graph.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES)
+        )
+        removed = remove_small_groups(graph, groups, kinds=_OUT, limit=0.0)
         if removed:
             self.update()
         return removed
 
 
-class SSRImportance(tp.importance.Importance):
+class SSRImportance(OICSRImportance):
     """The energy ``||W_g||_2^2`` of each filter group: what :class:`SSRRegularizer` drives to 0.
 
     Only the weights that produce a channel count (filters, biases, norm scale and
-    shift), not the slices of the layers that read it. Use it with
-    ``global_pruning=True`` in ``tp.pruner.MetaPruner`` or as the importance of
-    :class:`~cpmc_plugin.CPMCPruner` after SSR training.
+    shift), not the slices of the layers that read it. Use it like
+    :class:`~cpmc_plugin.OICSRImportance` (``global_pruning=True`` in
+    ``tp.pruner.MetaPruner``, or as the importance of :class:`~cpmc_plugin.CPMCPruner`).
 
     Example:
-        >>> import torch, torch_pruning as tp
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
-        ...                           torch.nn.Conv2d(8, 4, 3))
-        >>> pruner = tp.pruner.MetaPruner(net, torch.randn(1, 3, 16, 16),
-        ...                               importance=SSRImportance(), pruning_ratio=0.5,
-        ...                               global_pruning=True, ignored_layers=[net[2]])
-        >>> pruner.step()
-        >>> net[0].out_channels
-        4
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Conv2d(2, 2, 1))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.tensor([[1., 0, 0], [3., 0, 0]]).view(2, 3, 1, 1))
+        ...     _ = net[0].bias.copy_(torch.tensor([0., 4.]))
+        >>> from cpmc_plugin._probe import build_graph
+        >>> graph = build_graph(net, torch.randn(1, 3, 4, 4))
+        >>> SSRImportance()(graph.get_pruning_group(net[0], graph.get_pruner_of_module(
+        ...     net[0]).prune_out_channels, [0, 1]))      # 1^2 + 0^2, 3^2 + 4^2
+        tensor([ 1., 25.])
     """
 
-    def __repr__(self) -> str:
-        return "SSRImportance()"
-
-    @torch.no_grad()
-    def __call__(self, group: tp.Group) -> torch.Tensor:
-        groups = WeightGroups.from_groups(group._DG, [group], kinds=_OUT)
-        if groups.num_groups == 0 or not groups.entries:
-            return torch.zeros(len(group[0].idxs))
-        return groups.sq_norms().cpu()
+    parts = _OUT
