@@ -276,3 +276,17 @@ def test_example_inputs_that_do_not_reach_the_layer() -> None:
 def test_not_a_module() -> None:
     with pytest.raises(TypeError, match=r"model must be a torch.nn.Module, got function"):
         attach_auxiliary_classifiers(F.relu, at=["1"], num_classes=2)  # type: ignore[arg-type]
+
+
+def test_a_layer_that_does_not_run_is_reported() -> None:
+    class Skips(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Conv2d(1, 2, 1), nn.Conv2d(2, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x).mean((2, 3))
+
+    wrapped = attach_auxiliary_classifiers(Skips(), at=["unused"], num_classes=3)
+    with pytest.raises(RuntimeError, match=r"\['unused'\] did not run"):
+        wrapped(torch.randn(1, 1, 4, 4))

@@ -133,6 +133,9 @@ class AuxiliaryClassifiers(nn.Module):
         self._features = {}
         try:
             logits = self.model(*args, **kwargs)
+            missing = [name for name in self.at if name not in self._features]
+            if missing:
+                raise RuntimeError(f"{missing} did not run (or gave no tensor) in this forward")
             heads = zip(self.at, self.heads, strict=True)
             aux = [head(self._features[name]) for name, head in heads]
         finally:
