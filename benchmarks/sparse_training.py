@@ -13,7 +13,8 @@ Protocol (one process, CPU; Fashion-MNIST from the Debian package, 28x28, 10 cla
    - ``oicsr`` / ``bn-fista`` / ``ssr-l21`` / ``ssr-l20``: this package's regularizers in
      the proximal convention (``optimizer.step(); reg.proximal_step(lr)``, then
      ``finalize()``); ``bn-fista+aux`` adds auxiliary classifiers on ``layer1`` and
-     ``layer2`` (weight 0.3), detached before pruning;
+     ``layer2`` (weight 0.3), detached before pruning; ``bn-fista-m0`` is BN-FISTA
+     without extrapolation (``momentum=0``: proximal SGD on the BN factors);
    - ``tp-bnscale`` / ``tp-groupnorm``: torch-pruning's ``BNScalePruner`` /
      ``GroupNormPruner``, whose ``regularize(model)`` runs between ``backward()`` and
      ``step()``.
@@ -30,14 +31,14 @@ Protocol (one process, CPU; Fashion-MNIST from the Debian package, 28x28, 10 cla
    ``recalibrate_bn`` over 20 un-augmented training batches: running statistics lag
    behind factors that shrink every step), and after fine-tuning.
 
-Strengths (``--strength method=value`` overrides) are per method, since the penalties
-have different scales; the defaults were set on a short pilot so that each method
-sparsifies visibly within this short schedule (see docs/benchmarks.md), not tuned
-for accuracy.
+Strengths are per method, since the penalties have different scales: every method
+gets the same three tries (``STRENGTHS``: weak, middle, strong, chosen so that the
+strong one zeroes many channels within this short schedule), and every try is a row.
+``--strength METHOD=V1,V2`` replaces a method's tries.
 
 Usage::
 
-    python benchmarks/sparse_training.py            # ~45 min on 2 CPU cores
+    python benchmarks/sparse_training.py            # 25 rows, about 3 min each on 2 CPU cores
     python benchmarks/sparse_training.py --quick    # a smoke run, ~3 min
 """
 
@@ -78,21 +79,23 @@ METHODS = (
     "oicsr",
     "bn-fista",
     "bn-fista+aux",
+    "bn-fista-m0",
     "ssr-l21",
     "ssr-l20",
     "tp-bnscale",
     "tp-groupnorm",
 )
-#: per method, a weak and a strong setting: lam (oicsr, bn-fista, ssr-l21), keep (ssr-l20),
-#: reg (tp-*); every method gets the same two tries
+#: per method, a weak, a middle and a strong setting: lam (oicsr, bn-fista, ssr-l21), keep
+#: (ssr-l20), reg (tp-*); every method gets the same three tries
 STRENGTHS: dict[str, tuple[float, ...]] = {
-    "oicsr": (3e-3, 1e-2),
-    "bn-fista": (5e-2, 2e-1),
-    "bn-fista+aux": (5e-2, 2e-1),
-    "ssr-l21": (3e-2, 6e-2),
-    "ssr-l20": (0.7, 0.5),
-    "tp-bnscale": (1e-3, 1e-2),
-    "tp-groupnorm": (5e-4, 5e-3),
+    "oicsr": (1e-3, 3e-3, 1e-2),
+    "bn-fista": (1e-2, 5e-2, 2e-1),
+    "bn-fista+aux": (1e-2, 5e-2, 2e-1),
+    "bn-fista-m0": (5e-2, 2e-1, 5e-1),
+    "ssr-l21": (1e-2, 3e-2, 6e-2),
+    "ssr-l20": (0.85, 0.7, 0.5),
+    "tp-bnscale": (1e-4, 1e-3, 1e-2),
+    "tp-groupnorm": (5e-5, 5e-4, 5e-3),
 }
 AUX_AT = ["layer1", "layer2"]
 
@@ -128,11 +131,15 @@ def sparse_phase(
     trained: nn.Module = model
     regularizer = None
     after_backward: Callable[[], None] | None = None
-    if method in ("oicsr", "bn-fista", "bn-fista+aux", "ssr-l21"):
-        name = method.removesuffix("+aux")
-        ssr = {"rho": args.rho, "update_every": args.update_every} if name == "ssr-l21" else {}
+    if method in ("oicsr", "bn-fista", "bn-fista+aux", "bn-fista-m0", "ssr-l21"):
+        name = method.removesuffix("+aux").removesuffix("-m0")
+        extra: dict[str, Any] = {}
+        if name == "ssr-l21":
+            extra = {"rho": args.rho, "update_every": args.update_every}
+        elif method == "bn-fista-m0":
+            extra = {"momentum": 0.0}
         regularizer = make_regularizer(
-            name, model, x, strength=strength, ignored_layers=classifier, **ssr
+            name, model, x, strength=strength, ignored_layers=classifier, **extra
         )
     elif method == "ssr-l20":
         regularizer = make_regularizer(
@@ -313,7 +320,12 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"{args.merge}: the runs differ in {same}; cannot merge")
         result["rows"].extend(part["rows"])
     order = {m: i for i, m in enumerate(METHODS)}
-    result["rows"].sort(key=lambda r: order[r["method"]])
+
+    def weak_first(row: dict[str, Any]) -> tuple[int, float]:
+        strength = row["strength"] or 0.0
+        return order[row["method"]], -strength if row["method"] == "ssr-l20" else strength
+
+    result["rows"].sort(key=weak_first)
     result["command"] = [part["command"] for part in parts]
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print(table(result))

@@ -95,10 +95,12 @@ class BNFISTARegularizer:
         scale: bool = True,
         shift: bool = True,
         momentum: float | None = None,
+        restart: bool = True,
         ignored_layers: Sequence[nn.Module] | None = None,
     ) -> None:
         self.lam = check_finite_nonnegative("lam", lam)
         self.scale, self.shift = _flag("scale", scale), _flag("shift", shift)
+        _flag("restart", restart)
         if not (scale or shift):
             raise ValueError("scale and shift are both False: nothing to regularize")
         if momentum is not None:
@@ -127,8 +129,10 @@ class BNFISTARegularizer:
         self.ignored_layers = ignored
         self.norms: list[nn.modules.batchnorm._BatchNorm] = norms
         self._names = [n for n, on in (("weight", scale), ("bias", shift)) if on]
-        self._t = 1.0
+        self.restart = restart
+        self._t: dict[tuple[int, str], float] = {}  # FISTA's t_k per tensor
         self._sparse: dict[tuple[int, str], torch.Tensor] = {}  # x_k, the sparse iterate
+        self._point: dict[tuple[int, str], torch.Tensor] = {}  # y_k, the extrapolated point
 
     # ------------------------------------------------------------------ factors
     def _factors(self) -> list[tuple[nn.Module, str, torch.Tensor]]:
@@ -156,24 +160,41 @@ class BNFISTARegularizer:
     def proximal_step(self, lr: float) -> int:
         """One FISTA step after ``optimizer.step()``; returns the channels with zero scale.
 
-        ``x_k = soft_threshold(y, lr * lam)``, then the model gets the extrapolated
-        ``x_k + m_k * (x_k - x_{k-1})``.
+        ``x_k = soft_threshold(v, lr * lam)`` of the factors ``v`` the optimizer left,
+        then the model gets the extrapolated ``x_k + m_k * (x_k - x_{k-1})``. With
+        ``restart``, a tensor whose last extrapolation pointed against its progress
+        (``(y_{k-1} - x_k) . (x_k - x_{k-1}) > 0``) starts FISTA's sequence again.
         """
         step = check_finite_nonnegative("lr", lr, positive=True)
-        if self.momentum is None:
-            t_next = (1.0 + math.sqrt(1.0 + 4.0 * self._t**2)) / 2.0
-            coefficient, self._t = (self._t - 1.0) / t_next, t_next
-        else:
-            coefficient = self.momentum
         for bn, name, p in self._factors():
+            key = (id(bn), name)
             x = soft_threshold(p.data, step * self.lam)
-            previous = self._sparse.get((id(bn), name))
-            if previous is not None and previous.shape == x.shape:
-                p.data.copy_(x + coefficient * (x - previous.to(x.device)))
-            else:
-                p.data.copy_(x)
-            self._sparse[(id(bn), name)] = x
+            previous, point = self._sparse.get(key), self._point.get(key)
+            if previous is None or previous.shape != x.shape:  # first step (or pruned since)
+                previous, point = x, None
+                self._t.pop(key, None)
+            coefficient = self._coefficient(key, x, previous.to(x.device), point)
+            p.data.copy_(x + coefficient * (x - previous.to(x.device)))
+            self._sparse[key] = x
+            self._point[key] = p.data.clone()
         return self.num_zero_channels
+
+    def _coefficient(
+        self,
+        key: tuple[int, str],
+        x: torch.Tensor,
+        previous: torch.Tensor,
+        point: torch.Tensor | None,
+    ) -> float:
+        """``m_k``: fixed ``momentum``, or FISTA's ``(t_k - 1) / t_{k+1}`` (with restarts)."""
+        if self.momentum is not None:
+            return self.momentum
+        t = self._t.get(key, 1.0)
+        if self.restart and point is not None and _against(point.to(x.device), x, previous):
+            t = 1.0
+        t_next = (1.0 + math.sqrt(1.0 + 4.0 * t**2)) / 2.0
+        self._t[key] = t_next
+        return (t - 1.0) / t_next
 
     @torch.no_grad()
     def finalize(self) -> None:
@@ -183,7 +204,8 @@ class BNFISTARegularizer:
             if x is not None and x.shape == p.shape:
                 p.data.copy_(x.to(p.device))
         self._sparse.clear()
-        self._t = 1.0
+        self._point.clear()
+        self._t.clear()
 
     @property
     def num_zero_channels(self) -> int:
@@ -262,6 +284,11 @@ class BNFISTARegularizer:
                     covered[i] = True
                     zero[i] &= bool(bn.weight[idx] == 0)
         return zero & covered
+
+
+def _against(point: torch.Tensor, x: torch.Tensor, previous: torch.Tensor) -> bool:
+    """O'Donoghue and Candes' gradient restart test: ``(y_{k-1} - x_k) . (x_k - x_{k-1}) > 0``."""
+    return float(((point - x) * (x - previous)).sum()) > 0
 
 
 def _readers(group: tp.Group) -> list[tp.Dependency]:

@@ -66,24 +66,28 @@ def make_regularizer(
     rho: float | None = None,
     keep: float | int | None = None,
     update_every: int = 1,
+    momentum: float | None = None,
     ignored_layers: Sequence[nn.Module] | None = None,
 ) -> SparseRegularizer:
     """The regularizer called ``name``; ``strength`` is ``lam`` (oicsr, bn-fista, ssr-l21).
 
     ``rho`` (default 1e-3), ``keep`` and ``update_every`` are SSR's; ``keep`` is required
-    for ``"ssr-l20"``. Defaults: ``strength`` 1e-4. Options a method does not take
-    give a ``ValueError``.
+    for ``"ssr-l20"``; ``momentum`` is BN-FISTA's fixed extrapolation (default: FISTA's
+    sequence). Defaults: ``strength`` 1e-4. Options a method does not take give a
+    ``ValueError``.
     """
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in SPARSE_METHODS:
         raise ValueError(f"unknown sparse method {name!r}; known: {', '.join(SPARSE_METHODS)}")
     if not key.startswith("ssr") and (rho is not None or keep is not None or update_every != 1):
         raise ValueError(f"rho, keep and update_every are SSR's options, not {key!r}'s")
+    if key != "bn-fista" and momentum is not None:
+        raise ValueError(f"momentum is bn-fista's option, not {key!r}'s")
     lam = 1e-4 if strength is None else strength
     if key == "oicsr":
         return OICSRRegularizer(model, example_inputs, lam=lam, ignored_layers=ignored_layers)
     if key == "bn-fista":
-        return BNFISTARegularizer(model, lam=lam, ignored_layers=ignored_layers)
+        return BNFISTARegularizer(model, lam=lam, momentum=momentum, ignored_layers=ignored_layers)
     if key == "ssr-l20" and strength is not None:
         raise ValueError("ssr-l20 takes keep, not strength")
     return SSRRegularizer(

@@ -105,7 +105,8 @@ def _sparse_setup(
         )
     ssr = {"rho": args.rho, "keep": args.keep}
     if args.sparse is None:
-        given = [f"--{k}" for k, v in {"lam": args.lam, **ssr}.items() if v is not None]
+        options = {"lam": args.lam, "fista-momentum": args.fista_momentum, **ssr}
+        given = [f"--{k}" for k, v in options.items() if v is not None]
         if args.update_every != 1:
             given.append("--update-every")
         if given:
@@ -119,6 +120,7 @@ def _sparse_setup(
             ckpt.example_inputs,
             strength=args.lam,
             update_every=args.update_every,
+            momentum=args.fista_momentum,
             ignored_layers=[classifier] if isinstance(classifier, nn.Module) else None,
             **{k: v for k, v in ssr.items() if v is not None},
         )
