@@ -138,6 +138,32 @@ def test_finalize_restarts_fista() -> None:
     assert torch.equal(net[1].bias.data, torch.tensor([0.5, 0.5, 0.5]))
 
 
+def one_scale_net() -> nn.Sequential:
+    net = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1), nn.ReLU(), nn.Conv2d(1, 1, 1))
+    set_bn(net[1], gamma=[1.0], beta=[0.0])
+    return net
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_an_extrapolation_that_overshoots_restarts_fistas_sequence(restart: bool) -> None:
+    net = one_scale_net()
+    reg = BNFISTARegularizer(net, lam=0.0, shift=False, restart=restart)  # x = v
+    gamma = net[1].weight
+    reg.proximal_step(lr=1.0)  # x1 = y1 = 1
+    with torch.no_grad():
+        gamma.fill_(2.0)  # the optimizer's step
+    reg.proximal_step(lr=1.0)  # (y1 - x2)(x2 - x1) = (1 - 2)(2 - 1) < 0: no restart
+    y2 = 2.0 + M2 * (2.0 - 1.0)  # 2.2817535
+    assert float(gamma) == pytest.approx(y2)
+    with torch.no_grad():
+        gamma.fill_(2.1)  # the gradient pulled back inside the extrapolation
+    reg.proximal_step(lr=1.0)
+    # (y2 - x3)(x3 - x2) = (2.2818 - 2.1)(2.1 - 2) = 0.018 > 0: restart, so m = 0
+    t4 = (1.0 + math.sqrt(1.0 + 4.0 * T3**2)) / 2.0  # 2.7183 without a restart
+    no_restart = 2.1 + (T3 - 1.0) / t4 * (2.1 - 2.0)  # 2.1439
+    assert float(gamma) == pytest.approx(2.1 if restart else no_restart)
+
+
 def test_fixed_momentum_extrapolation() -> None:
     net = one_bn_net()
     reg = BNFISTARegularizer(net, lam=1.0, momentum=0.5)
@@ -431,6 +457,7 @@ def bn_net() -> nn.Sequential:
         ({"lam": 0.1, "scale": 1}, r"scale must be True or False, got 1"),
         ({"lam": 0.1, "momentum": 1.0}, r"momentum must be in \[0, 1\) or None, got 1.0"),
         ({"lam": 0.1, "momentum": -0.5}, r"momentum must be a finite number >= 0, got -0.5"),
+        ({"lam": 0.1, "restart": "yes"}, r"restart must be True or False, got 'yes'"),
     ],
 )
 def test_bad_options(kwargs: dict[str, Any], message: str) -> None:

@@ -67,6 +67,7 @@ def test_sparse_finetune_leaves_exact_zeros_and_a_plain_checkpoint(
     ("options", "message"),
     [
         (["--rho", "1"], "--rho need --sparse"),
+        (["--sparse", "oicsr", "--fista-momentum", "0"], "momentum is bn-fista's option"),
         (["--sparse", "ssr-l20"], "kind='l20' needs keep"),
         (["--sparse", "oicsr", "--keep", "0.5"], "SSR's options, not 'oicsr'"),
         (["--sparse", "ssr-l20", "--keep", "0.5", "--lam", "1"], "takes keep, not strength"),

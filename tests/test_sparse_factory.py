@@ -96,6 +96,8 @@ def test_names_are_case_and_space_insensitive() -> None:
         ("ssr-l21", {"rho": 0.0}, r"rho must be a finite number > 0"),
         ("oicsr", {"strength": -1.0}, r"lam must be a finite number >= 0, got -1.0"),
         ("bn-fista", {"strength": float("nan")}, r"lam must be a finite number >= 0, got nan"),
+        ("ssr-l21", {"momentum": 0.5}, r"momentum is bn-fista's option, not 'ssr-l21'"),
+        ("bn-fista", {"momentum": 1.5}, r"momentum must be in \[0, 1\) or None, got 1.5"),
     ],
 )
 def test_bad_names_and_options(name: Any, options: dict[str, Any], message: str) -> None:

@@ -419,14 +419,21 @@ def _sparse_options(p: argparse.ArgumentParser) -> None:
         help="SSR: training steps between Z/U updates",
     )
     g.add_argument(
+        "--fista-momentum",
+        type=non_negative,
+        default=None,
+        help="bn-fista: fixed extrapolation in [0, 1) (default: FISTA's sequence)",
+    )
+    g.add_argument(
         "--aux-at",
         nargs="+",
         default=None,
         metavar="MODULE",
         help="auxiliary classifiers on these modules while training",
     )
-    g.add_argument("--aux-weight", type=non_negative, default=0.3,
-                   help="weight of each auxiliary loss")  # fmt: skip
+    g.add_argument(
+        "--aux-weight", type=non_negative, default=0.3, help="weight of each auxiliary loss"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
