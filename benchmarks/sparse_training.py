@@ -313,8 +313,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def merge(args: argparse.Namespace) -> dict[str, Any]:
     """One result from runs split over processes (same options, different methods)."""
     parts = [json.loads(path.read_text()) for path in args.merge]
-    result = parts[0]
-    for part in parts[1:]:
+    counts = [len(part["rows"]) for part in parts]
+    result = copy.deepcopy(parts[0])
+    result["rows"] = []
+    for part in parts:
         same = ("model", "baseline_accuracy")
         if any(part[k] != result[k] for k in same):
             raise SystemExit(f"{args.merge}: the runs differ in {same}; cannot merge")
@@ -326,7 +328,11 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
         return order[row["method"]], -strength if row["method"] == "ssr-l20" else strength
 
     result["rows"].sort(key=weak_first)
-    result["command"] = [part["command"] for part in parts]
+    result["parts"] = [
+        {"command": part["command"], "provenance": part["provenance"], "rows": count}
+        for part, count in zip(parts, counts, strict=True)
+    ]
+    del result["command"], result["provenance"]
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print(table(result))
     if args.markdown:
