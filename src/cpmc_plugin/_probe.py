@@ -17,6 +17,7 @@ __all__ = [
     "channel_dim",
     "positions_by_module",
     "probe_positions",
+    "forward_once",
     "record_calls",
     "run_model",
 ]
@@ -109,21 +110,32 @@ def positions_by_module(calls: list[ModuleCall]) -> dict[nn.Module, int]:
     return positions
 
 
-def probe_positions(
+def forward_once(
     model: nn.Module, example_inputs: Any, runner: Callable[[nn.Module, Any], Any] = run_model
-) -> dict[nn.Module, int]:
-    """Run ``model`` once on ``example_inputs`` (no grad) and return output positions."""
+) -> Any:
+    """Run ``model`` once on ``example_inputs`` in eval mode without gradients.
+
+    The train/eval mode is restored; inputs that do not fit the model give a ``ValueError``.
+    """
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), record_calls(model) as calls:
-            runner(model, example_inputs)
+        with torch.no_grad():
+            return runner(model, example_inputs)
     except Exception as error:  # the user's inputs do not fit the model
         raise ValueError(
             f"example_inputs cannot run through the model: {type(error).__name__}: {error}"
         ) from error
     finally:
         model.train(was_training)
+
+
+def probe_positions(
+    model: nn.Module, example_inputs: Any, runner: Callable[[nn.Module, Any], Any] = run_model
+) -> dict[nn.Module, int]:
+    """Run ``model`` once on ``example_inputs`` (no grad) and return output positions."""
+    with record_calls(model) as calls:
+        forward_once(model, example_inputs, runner)
     return positions_by_module(calls)
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._probe import forward_once
 from .proximal import check_finite_nonnegative
 
 __all__ = ["AuxiliaryClassifiers", "attach_auxiliary_classifiers", "combined_loss"]
@@ -92,7 +93,6 @@ class AuxiliaryClassifiers(nn.Module):
         ]
 
     @staticmethod
-    @torch.no_grad()
     def _probe(model: nn.Module, at: Sequence[str], example_inputs: Any) -> dict[str, int]:
         modules = dict(model.named_modules())
         found: dict[str, int] = {}
@@ -105,12 +105,9 @@ class AuxiliaryClassifiers(nn.Module):
             return record
 
         handles = [modules[name].register_forward_hook(hook(name)) for name in at]
-        was_training = model.training
         try:
-            model.eval()
-            model(*example_inputs) if isinstance(example_inputs, tuple) else model(example_inputs)
+            forward_once(model, example_inputs)
         finally:
-            model.train(was_training)
             for handle in handles:
                 handle.remove()
         missing = [name for name in at if name not in found]

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ._groups import is_out_item
-from ._probe import build_graph
+from ._probe import build_graph, forward_once
 from ._removal import Removal, apply_removals, plan_removal, validated
 from .oicsr import ROOT_TYPES, check_ignored_layers, unwrap
 from .proximal import check_finite_nonnegative, soft_threshold
@@ -301,7 +301,6 @@ def _readers(group: tp.Group) -> list[tp.Dependency]:
     ]
 
 
-@torch.no_grad()
 def _layer_inputs(
     model: nn.Module, layers: set[nn.Module], example_inputs: Any
 ) -> dict[nn.Module, torch.Tensor | None]:
@@ -313,17 +312,9 @@ def _layer_inputs(
             seen[layer].append(args[0].detach())
 
     handles = [layer.register_forward_pre_hook(record) for layer in layers]
-    was_training = model.training
     try:
-        model.eval()
-        if isinstance(example_inputs, dict):
-            model(**example_inputs)
-        elif isinstance(example_inputs, (tuple, list)):
-            model(*example_inputs)
-        else:
-            model(example_inputs)
+        forward_once(model, example_inputs)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return {layer: (found[0] if len(found) == 1 else None) for layer, found in seen.items()}
