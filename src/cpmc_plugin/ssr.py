@@ -175,7 +175,12 @@ class SSRRegularizer:
         self.keep = self._check_keep(groups.num_groups) if self.kind == "l20" else None
         weights = [e.tensor.detach() for e in groups.entries]
         self._u = [torch.zeros_like(w) for w in weights]
-        self._z = groups.scaled(weights, self._prox(groups.sq_norms(weights)))
+        self._set_z(groups, groups.scaled(weights, self._prox(groups.sq_norms(weights))))
+
+    def _set_z(self, groups: WeightGroups, z: list[torch.Tensor]) -> None:
+        """Store ``Z`` and which of its groups are non-zero (read every step, changed rarely)."""
+        self._z = z
+        self._z_alive = groups.sq_norms(z) > 0
 
     def update(self) -> None:
         """Rebuild the groups from the model as it is now and restart ``Z = prox(W)``, ``U = 0``.
@@ -195,6 +200,7 @@ class SSRRegularizer:
         if self._z and self._z[0].device != device:  # the model moved
             self._z = [z.to(device) for z in self._z]
             self._u = [u.to(device) for u in self._u]
+            self._z_alive = self._z_alive.to(device)
             self._weights = self._weights.to(device)
         return self._groups
 
@@ -217,8 +223,8 @@ class SSRRegularizer:
     @torch.no_grad()
     def num_zero_groups(self) -> int:
         """Groups at exact zero in ``Z``."""
-        groups = self._current()
-        return int((groups.sq_norms(self._z) == 0).sum())
+        self._current()
+        return int((~self._z_alive).sum())
 
     # ------------------------------------------------------------------ AULM
     def _prox(self, sq_norms: torch.Tensor) -> torch.Tensor:
@@ -258,9 +264,9 @@ class SSRRegularizer:
         groups = self._current()
         weights = [e.tensor.detach() for e in groups.entries]
         shifted = [w + u for w, u in zip(weights, self._u, strict=True)]
-        self._z = groups.scaled(shifted, self._prox(groups.sq_norms(shifted)))
+        self._set_z(groups, groups.scaled(shifted, self._prox(groups.sq_norms(shifted))))
         self._u = [s - z for s, z in zip(shifted, self._z, strict=True)]
-        return int((groups.sq_norms(self._z) == 0).sum())
+        return int((~self._z_alive).sum())
 
     def _tick(self) -> None:
         self._calls += 1
@@ -295,8 +301,7 @@ class SSRRegularizer:
     def finalize(self) -> None:
         """Zero the model's groups whose ``Z`` is zero (exact zeros; other weights kept)."""
         groups = self._current()
-        alive = (groups.sq_norms(self._z) > 0).to(torch.float32)
-        groups.scale(alive)
+        groups.scale(self._z_alive.to(torch.float32))
 
     @torch.no_grad()
     def prune_zero_groups(self) -> int:

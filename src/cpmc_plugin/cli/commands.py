@@ -126,8 +126,8 @@ def _sparse_setup(
         )
     trained: nn.Module = model
     if args.aux_at:
-        num_classes = int(ckpt.model_kwargs.get("num_classes", 0)) or None
-        if num_classes is None:
+        num_classes = ckpt.model_kwargs.get("num_classes")
+        if not num_classes:
             raise ValueError("--aux-at needs a checkpoint that records num_classes")
         trained = attach_auxiliary_classifiers(
             model, args.aux_at, num_classes, example_inputs=ckpt.example_inputs
@@ -183,8 +183,9 @@ def _train_run(
     result = Checkpoint.of(model, like=ckpt)
     if args.sparse is not None:
         result.metrics["sparse"] = {"method": args.sparse, "zero_groups": zeros}
-        print(f"sparse training ({args.sparse}): {zeros} channel groups at exact zero")
     if env.is_main:
+        if args.sparse is not None:
+            print(f"sparse training ({args.sparse}): {zeros} channel groups at exact zero")
         acc = accuracy(model, test, env.device if env.world_size == 1 else torch.device("cpu"))
         macs, params = _counts(model, ckpt)
         key = "baseline" if kind == "train" else "finetuned"
