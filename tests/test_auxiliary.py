@@ -110,6 +110,237 @@ def test_heads_are_trainable_parameters_of_the_wrapper() -> None:
     assert len(head_ids) == 4  # weight + bias of each head
 
 
+# ---------------------------------------------------------------- channels from the module tree
+class ConcatBlock(nn.Module):
+    """Two branches of 3 and 5 channels concatenated: 8 output channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 3, 1)
+        self.b = nn.Sequential(nn.Conv2d(2, 5, 1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.a(x), self.b(x)], dim=1)
+
+
+class GatedResidual(nn.Module):
+    """relu(bn(conv(x)) * sigmoid(gate) + x): a residual add and an SE-style gate, 4 channels.
+
+    Its last registered layer (``gate``, 1 channel) is not the one that sets the output.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.gate = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.conv(x)) * torch.sigmoid(self.gate(x))
+        return F.relu(out + x)
+
+
+class DenseLayer(nn.Module):
+    """A DenseNet layer: its output has its input's channels plus 2."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv(x)], 1)
+
+
+class Branching(nn.Module):
+    """Data-dependent control flow: symbolic tracing cannot follow it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) if x.sum() > 0 else x
+
+
+class Flattens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).flatten(1)
+
+
+class Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.conv(x), x
+
+
+def blocks_net() -> nn.Sequential:
+    """Custom blocks in a Sequential, on 1x6x6 inputs; the comments give each output's channels."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),  # 0: 2
+        ConcatBlock(),  # 1: 3 + 5 = 8
+        nn.Conv2d(8, 4, 1),  # 2: 4
+        GatedResidual(),  # 3: 4
+        nn.Sequential(GatedResidual(), nn.ReLU(), nn.Dropout()),  # 4: 4
+        DenseLayer(4),  # 5: 4 + 2 = 6, depends on its input
+        nn.Identity(),  # 6: 6
+        nn.AdaptiveAvgPool2d(1),  # 7: 6
+        nn.Flatten(),  # 8
+        nn.Linear(6, 3),  # 9: 3
+    )
+
+
+@pytest.mark.parametrize(
+    ("at", "channels"),
+    [
+        (["1"], [8]),  # the concatenation along the channels: 3 + 5
+        (["1.b"], [5]),  # a Sequential: its last channel-setting child
+        (["1.b.1"], [5]),  # a ReLU in a Sequential: the layer before it
+        (["3"], [4]),  # relu(bn * sigmoid(gate) + x): bn's 4, not the last registered gate's 1
+        (["4"], [4]),  # a Sequential ending in ReLU and Dropout after a custom block
+        (["4.1", "4.2", "9"], [4, 4, 3]),
+        (["3.bn", "1.a", "1.b.0", "0"], [4, 3, 5, 2]),  # layers with their own attribute
+    ],
+)
+def test_channels_of_containers_read_from_the_module_tree(
+    at: list[str], channels: list[int]
+) -> None:
+    net = blocks_net().eval()
+    wrapped = attach_auxiliary_classifiers(net, at=at, num_classes=3)
+    assert [h.fc.in_features for h in wrapped.heads] == channels
+    _, aux = wrapped(torch.randn(2, 1, 6, 6))  # the heads fit what the layers output
+    assert [a.shape for a in aux] == [(2, 3)] * len(at)
+    wrapped.detach()
+    measured = attach_auxiliary_classifiers(
+        net, at=at, num_classes=3, example_inputs=torch.randn(1, 1, 6, 6)
+    )
+    assert [h.fc.in_features for h in measured.heads] == channels  # what a forward measures
+    measured.detach()
+
+
+HINT = (
+    r"; pass example_inputs=torch.randn\(1, 1, H, W\) \(a batch the model accepts; "
+    r"its first layer '0' has in_channels=1\)$"
+)
+
+
+@pytest.mark.parametrize(
+    ("at", "reason"),
+    [
+        (["5"], r"'5' \(DenseLayer\) outputs: the channels '5' outputs depend on its input 'x'"),
+        # an Identity and a pooling after the dense layer: still its input's channels
+        (["7"], r"'7' \(AdaptiveAvgPool2d\) outputs: the channels '5' outputs depend on its input"),
+        (["8"], r"'8' \(Flatten\) outputs: '8' \(Flatten\) has no channel count"),
+    ],
+)
+def test_channels_the_module_tree_does_not_tell(at: list[str], reason: str) -> None:
+    net = blocks_net()
+    before = snapshot(net)
+    with pytest.raises(
+        ValueError, match=r"^cannot tell how many channels " + reason + r".*" + HINT
+    ):
+        attach_auxiliary_classifiers(net, at=at, num_classes=3)
+    assert_state_unchanged(net, before)
+    assert hooks_left(net) == []
+    # with the example_inputs the error asks for, the count is measured
+    wrapped = attach_auxiliary_classifiers(
+        net, at=at, num_classes=3, example_inputs=torch.randn(1, 1, 6, 6)
+    )
+    assert [h.fc.in_features for h in wrapped.heads] == [6]
+
+
+@pytest.mark.parametrize(
+    ("block", "reason"),
+    [
+        (Branching(), r"'0' cannot be traced symbolically \(TraceError: "),
+        (Pair(), r"'0' returns tuple, not one tensor"),
+        (Flattens(), r"'0' ends in 'flatten', whose channel count the module tree does not show"),
+    ],
+)
+def test_custom_blocks_that_cannot_be_read(block: nn.Module, reason: str) -> None:
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 1)
+            self.body = nn.Sequential(block)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    with pytest.raises(
+        ValueError, match=r"'body' \(Sequential\) outputs: " + reason.replace("'0'", "'body.0'")
+    ):
+        attach_auxiliary_classifiers(Wrapper(), at=["body"], num_classes=2)
+
+
+def test_a_relu_outside_a_sequential_is_not_guessed() -> None:
+    net = GatedResidual()
+    net.act = nn.ReLU()  # registered, but where it runs the tree does not say
+    with pytest.raises(
+        ValueError,
+        match=r"'act' \(ReLU\) keeps its input's channels, and its input is not visible in the "
+        r"module tree; pass example_inputs=torch.randn\(1, 4, H, W\)",
+    ):
+        attach_auxiliary_classifiers(net, at=["act"], num_classes=2)
+
+
+def test_paper_resnet_stages_without_example_inputs() -> None:
+    """The README's call: attach_auxiliary_classifiers(model, at=["layer1", "layer2"], ...)."""
+    from cpmc_plugin.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10)
+    names = ["layer1", "layer2", "layer3", "layer2.0", "layer2.0.shortcut"]
+    wrapped = attach_auxiliary_classifiers(model, at=names, num_classes=10)
+    # resnet20: stages of 16, 32 and 64 channels; layer2.0 is the block that widens to 32
+    assert [h.fc.in_features for h in wrapped.heads] == [16, 32, 64, 32, 32]
+    optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.1)  # covers the heads too
+    heads_before = [h.fc.weight.detach().clone() for h in wrapped.heads]
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    combined_loss(wrapped(x), y).backward()
+    optimizer.step()
+    for before, head in zip(heads_before, wrapped.heads, strict=True):
+        assert not torch.equal(before, head.fc.weight)
+
+
+def test_torchvision_resnet18_stages_without_example_inputs() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    names = ["layer1", "layer2", "layer3", "layer4", "layer3.0.downsample"]
+    wrapped = attach_auxiliary_classifiers(model, at=names, num_classes=10)
+    assert [h.fc.in_features for h in wrapped.heads] == [64, 128, 256, 512, 256]
+    _, aux = wrapped(torch.randn(1, 3, 32, 32))
+    assert [a.shape for a in aux] == [(1, 10)] * 5
+
+
+def test_a_layer_pruned_after_attaching_gets_a_clear_error() -> None:
+    net = small_net().eval()
+    wrapped = attach_auxiliary_classifiers(net, at=["1"], num_classes=10)
+    # prune channels 6 and 7 of conv 0 / BN 1 by hand, and the inputs of conv 4
+    conv, bn, nxt = net[0], net[1], net[4]
+    conv.weight = nn.Parameter(conv.weight[:6].detach())
+    conv.out_channels = 6
+    for key in ("weight", "bias"):
+        setattr(bn, key, nn.Parameter(getattr(bn, key)[:6].detach()))
+    bn.running_mean, bn.running_var = bn.running_mean[:6], bn.running_var[:6]
+    bn.num_features = 6
+    nxt.weight = nn.Parameter(nxt.weight[:, :6].detach())
+    nxt.in_channels = 6
+    with pytest.raises(
+        ValueError,
+        match=r"the auxiliary classifier on '1' was built for 8 channels \(read from '1': 8\), "
+        r"but '1' outputs 6; attach it again with example_inputs=torch.randn\(1, 1, H, W\)",
+    ):
+        wrapped(torch.randn(2, 1, 8, 8))
+
+
 # ---------------------------------------------------------------- training and detach
 def test_training_with_combined_loss_then_detach_gives_the_plain_model_back(
     digits: tuple[torch.Tensor, torch.Tensor],
@@ -239,7 +470,13 @@ def test_combined_loss_bad_weight(weight: Any) -> None:
         (["1"], 0, r"num_classes must be an integer >= 1, got 0"),
         (["1"], 2.0, r"num_classes must be an integer >= 1, got 2.0"),
         (["1"], True, r"num_classes must be an integer >= 1, got True"),
-        (["2"], 10, r"cannot tell how many channels '2' \(ReLU\) outputs; pass example_inputs"),
+        (
+            ["11"],
+            10,
+            r"cannot tell how many channels '11' \(Flatten\) outputs: '11' \(Flatten\) has no "
+            r"channel count; pass example_inputs=torch.randn\(1, 1, H, W\) \(a batch the model "
+            r"accepts; its first layer '0' has in_channels=1\)",
+        ),
     ],
 )
 def test_bad_input(at: Any, num_classes: Any, message: str) -> None:
