@@ -106,8 +106,10 @@ def test_the_pipeline_writes_json_and_plots_with_the_right_numbers(run_dir: Path
     model = final.build()
     after = {layer["name"]: layer["after"] for layer in report["layers"]}
     assert after["conv1"] == model.conv1.out_channels < 16
-    assert set(report["prune_rate_curve"]) == {"cpmc", "l1", "taylor"}
-    assert [p["rate"] for p in report["prune_rate_curve"]["l1"]] == [0.3, 0.6]
+    curves = {c["criterion"]: c for c in report["prune_rate_curve"]["curves"]}
+    assert set(curves) == {"cpmc", "l1", "taylor"}
+    assert [p["rate"] for p in curves["l1"]["points"]] == [0.3, 0.6]
+    assert curves["cpmc"]["label"] == "cpmc (resnet preset: alpha=0, beta=0)"  # as pruned
     for name in ("channels.png", "prune_rate.png"):
         data = (run_dir / "report" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -188,7 +190,9 @@ def test_missing_corrupt_and_foreign_checkpoints(tmp_path: Path, run_dir: Path, 
     assert "none.pt does not exist" in err
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    assert "is corrupt or unreadable" in _error(["evaluate", "--checkpoint", str(corrupt)], capsys)
+    assert "is not a checkpoint written by cpmc-prune" in _error(
+        ["evaluate", "--checkpoint", str(corrupt)], capsys
+    )
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, other)
     assert "is not a cpmc-prune checkpoint" in _error(

@@ -11,8 +11,11 @@ previous file as it was.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,15 +117,94 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
-        """Read a checkpoint with ``torch.load(weights_only=True)``; clear errors otherwise."""
+        """Read a checkpoint with ``torch.load(weights_only=True)``.
+
+        Raises:
+            ValueError: saying in words what is wrong: no such path, a directory, an
+                empty or truncated file, a file that is not a ``torch.save`` archive, or
+                one that ``torch.save`` wrote but not ``cpmc-prune``.
+        """
         source = Path(path)
-        if not source.is_file():
-            raise ValueError(f"checkpoint {source} does not exist")
+        _check_readable(source)
         try:
             data = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-            raise ValueError(f"checkpoint {source} is corrupt or unreadable ({first})") from None
+        except pickle.UnpicklingError as error:
+            detail = _weights_only_detail(error)
+            raise ValueError(
+                f"checkpoint {source} is not a checkpoint written by cpmc-prune: it holds "
+                f"objects that safe loading (weights_only=True) refuses ({detail})"
+            ) from None
+        except Exception as error:  # torch.load's own reasons, named by their type
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(
+                f"checkpoint {source} could not be read: {type(error).__name__}"
+                + (f": {first}" if first else "")
+            ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{source} is not a cpmc-prune checkpoint (format {FORMAT!r})")
-        return cls(**{k: v for k, v in data.items() if k != "format"})
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(
+                f"{source} is not a cpmc-prune checkpoint: torch.save wrote it, but it is not "
+                f"format {FORMAT!r} (found {found!r})"
+            )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        )
+        if missing:
+            raise ValueError(f"checkpoint {source} is incomplete: it has no {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _check_readable(source: Path) -> None:
+    """``ValueError`` in words when ``source`` cannot be a checkpoint file at all."""
+    if source.is_dir():
+        raise ValueError(
+            f"checkpoint {source} is a directory; expected a checkpoint file written by "
+            "cpmc-prune (such as base.pt)"
+        )
+    if not source.exists():
+        raise ValueError(f"checkpoint {source} does not exist")
+    if not source.is_file():
+        raise ValueError(f"checkpoint {source} is not a regular file")
+    size = source.stat().st_size
+    if size == 0:
+        raise ValueError(f"checkpoint {source} is empty (0 bytes): not a checkpoint")
+    with source.open("rb") as handle:
+        head = handle.read(len(_ZIP_MAGIC))
+    if head != _ZIP_MAGIC:
+        raise ValueError(
+            f"checkpoint {source} is not a checkpoint written by cpmc-prune: it is not a "
+            f"torch.save archive (a zip file), its first bytes are {head!r}"
+        )
+    try:
+        with zipfile.ZipFile(source) as archive:
+            damaged = archive.testzip()
+    except zipfile.BadZipFile:
+        raise ValueError(
+            f"checkpoint {source} is truncated: a torch.save archive whose end (the zip "
+            f"directory) is missing after {size:,} bytes, as an interrupted copy leaves it; "
+            "copy or write it again"
+        ) from None
+    if damaged is not None:
+        raise ValueError(
+            f"checkpoint {source} is damaged: the checksum of {damaged!r} in the archive "
+            "does not match; write it again"
+        )
+
+
+def _weights_only_detail(error: BaseException) -> str:
+    """The reason torch's safe unpickler gives, without its advice to load unsafely."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().splitlines()
+        if reason:
+            return reason[0].strip().split(". Please use", 1)[0]
+    return type(error).__name__

@@ -2,13 +2,17 @@
 
 Every command reads and writes :class:`~cpmc_plugin.cli.checkpoint.Checkpoint` files.
 A bad argument, a missing or corrupt checkpoint, or an output that exists already
-gives a one-line error and exit code 2; no file is written then.
+gives a one-line error and exit code 2; no file is written then. Every command first
+sets its thread count and seeds every generator (before the model is built or any
+data drawn), and prints both in its header: the same command with the same
+``--seed`` and thread count gives the same numbers on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,17 +24,29 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from ..auxiliary import AuxiliaryClassifiers, attach_auxiliary_classifiers
-from ..criteria import CRITERIA, make_importance, needs_gradients
-from ..data import list_datasets, make_loaders
+from ..criteria import CRITERIA, needs_gradients
+from ..data import dataset_info, list_datasets, make_loaders
 from ..models import create_model, list_models
-from ..presets import list_presets
+from ..presets import DEFAULT_ALPHA, DEFAULT_BETA, list_presets
 from ..pruner import CPMCPruner
 from ..sparse import SPARSE_METHODS, SparseRegularizer, make_regularizer
 from . import report as reporting
 from .checkpoint import Checkpoint
+from .settings import (
+    DEMO_MAX_THREADS,
+    CriterionSettings,
+    describe_threads,
+    resolve_threads,
+    seed_everything,
+)
 from .training import Distributed, accuracy, distributed, fit
 
-__all__ = ["main"]
+__all__ = ["DEFAULT_FLOPS_REDUCTION", "HelpFormatter", "build_parser", "main", "prune_model"]
+
+#: the budget of ``prune`` when neither --flops-reduction nor --params-reduction is given
+DEFAULT_FLOPS_REDUCTION = 0.5
+#: how data-set errors name the data options: the CLI's flags, not Python's arguments
+CLI_OPTION_NAMES = {"root": "--data-root DIR", "download": "--download"}
 
 
 # ---------------------------------------------------------------------- argument types
@@ -54,6 +70,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -72,8 +98,20 @@ def family_of(model_name: str) -> str | None:
 
 
 def _fresh_output(path: Path, force: bool, resume: bool = False) -> None:
+    if path.is_dir():
+        raise ValueError(
+            f"--out {path} is a directory; expected the path of a checkpoint file "
+            f"(such as {path / 'model.pt'})"
+        )
     if path.exists() and not (force or resume):
         raise ValueError(f"{path} exists; pass --force to overwrite it")
+
+
+def _fresh_directory(path: Path, force: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out-dir {path} is a file; expected a directory")
+    if path.exists() and any(path.iterdir()) and not force:
+        raise ValueError(f"{path} is not empty; pass --force to write into it")
 
 
 def _loaders(ckpt: Checkpoint, args: argparse.Namespace, env: Distributed) -> tuple[Any, Any]:
@@ -81,9 +119,11 @@ def _loaders(ckpt: Checkpoint, args: argparse.Namespace, env: Distributed) -> tu
         ckpt.dataset,
         args.data_root,
         batch_size=args.batch_size,
+        download=args.download,
         train_subset=args.train_subset,
         seed=args.seed,
         distributed=env.world_size > 1,
+        option_names=CLI_OPTION_NAMES,
     )
     return train, test
 
@@ -140,7 +180,6 @@ def _train_run(
 ) -> Checkpoint:
     """Train or fine-tune ``model``, saving a resumable checkpoint after every epoch."""
     env = distributed()
-    torch.manual_seed(args.seed)
     train, test = _loaders(ckpt, args, env)
     trained, regularizer = _sparse_setup(model, ckpt, args)
     start, state = 0, None
@@ -199,9 +238,9 @@ def _train_run(
 def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     _fresh_output(out, args.force, args.resume)
-    _, _, info = make_loaders(args.dataset, args.data_root, batch_size=args.batch_size)
+    info = dataset_info(args.dataset)
     kwargs = {"num_classes": info.num_classes, "in_channels": info.in_channels}
-    model = create_model(args.model, **kwargs)
+    model = create_model(args.model, **kwargs)  # after seed_everything: the same weights
     ckpt = Checkpoint(args.model.lower(), kwargs, args.dataset, info.image_size, model.state_dict())
     _train_run(model, ckpt, args, "train", out)
 
@@ -216,22 +255,18 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def prune_model(
     model: nn.Module,
     ckpt: Checkpoint,
-    criterion: str,
+    settings: CriterionSettings,
     *,
     flops_reduction: float | None = None,
     params_reduction: float | None = None,
-    alpha: float | None = None,
-    beta: float | None = None,
-    preset: str | None = None,
     steps: int = 1,
     grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> CPMCPruner:
-    """Prune ``model`` in place with ``criterion`` to the budget; return the pruner."""
-    options = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
+    """Prune ``model`` in place with the criterion of ``settings`` to the budget."""
     x = ckpt.example_inputs
-    importance = make_importance(criterion, x, family=preset, **options)
-    if needs_gradients(criterion) and grad_batch is None:
-        raise ValueError(f"criterion {criterion!r} needs a batch to compute gradients")
+    importance = settings.importance(x)
+    if needs_gradients(settings.criterion) and grad_batch is None:
+        raise ValueError(f"criterion {settings.criterion!r} needs a batch to compute gradients")
     classifier = getattr(model, "classifier", None)
     pruner = CPMCPruner(
         model,
@@ -242,7 +277,7 @@ def prune_model(
         iterative_steps=steps,
         ignored_layers=[classifier] if isinstance(classifier, nn.Module) else None,
     )
-    if needs_gradients(criterion):
+    if needs_gradients(settings.criterion):
         for _ in range(steps):  # gradients of the current shapes before every step
             model.zero_grad()
             assert grad_batch is not None
@@ -254,27 +289,33 @@ def prune_model(
     return pruner
 
 
+def _budget(args: argparse.Namespace) -> tuple[dict[str, float], bool]:
+    """``({'flops_reduction': 0.5}, True)``: the budget, and whether it is the default."""
+    if args.params_reduction is not None:
+        return {"params_reduction": args.params_reduction}, False
+    if args.flops_reduction is not None:
+        return {"flops_reduction": args.flops_reduction}, False
+    return {"flops_reduction": DEFAULT_FLOPS_REDUCTION}, True
+
+
 def cmd_prune(args: argparse.Namespace) -> None:
     out = Path(args.out)
     _fresh_output(out, args.force)
-    if args.preset and not args.criterion.startswith("cpmc"):
-        raise ValueError(f"--preset is for the cpmc criteria, not {args.criterion!r}")
+    settings = CriterionSettings.resolve(
+        args.criterion, preset=args.preset, alpha=args.alpha, beta=args.beta
+    )
+    budget, default = _budget(args)
+    print(settings.describe())
+    print(
+        f"budget: {reporting.budget_text(budget)}"
+        + (" (the default: set --flops-reduction or --params-reduction)" if default else "")
+        + (f", in {args.steps} steps" if args.steps > 1 else "")
+    )
     ckpt = Checkpoint.load(args.checkpoint)
     model = ckpt.build().eval()
     train, test = _loaders(ckpt, args, distributed())
     batch = next(iter(train)) if needs_gradients(args.criterion) else None
-    pruner = prune_model(
-        model,
-        ckpt,
-        args.criterion,
-        flops_reduction=args.flops_reduction,
-        params_reduction=args.params_reduction,
-        alpha=args.alpha,
-        beta=args.beta,
-        preset=args.preset,
-        steps=args.steps,
-        grad_batch=batch,
-    )
+    pruner = prune_model(model, ckpt, settings, steps=args.steps, grad_batch=batch, **budget)
     report = pruner.report()
     acc = accuracy(model, test, torch.device("cpu"))
     result = Checkpoint.of(
@@ -287,12 +328,15 @@ def cmd_prune(args: argparse.Namespace) -> None:
                 "macs": report.macs_after,
                 "params": report.params_after,
                 "criterion": args.criterion,
+                "settings": settings.to_dict(),
+                "budget": budget,
+                "steps": args.steps,
             }
         },
     )
     result.save(out)
     print(
-        f"pruned with {args.criterion}: MACs -{report.macs_reduction:.2%}, params "
+        f"pruned with {settings.label}: MACs -{report.macs_reduction:.2%}, params "
         f"-{report.params_reduction:.2%}, accuracy without fine-tuning {acc:.2%} -> {out}"
     )
 
@@ -308,6 +352,33 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def _curve_settings(args: argparse.Namespace, final: Checkpoint) -> list[CriterionSettings]:
+    """The settings of every curve: those the checkpoint was pruned with, for its criterion.
+
+    ``--preset``/``--alpha``/``--beta`` given to ``report`` set every cpmc curve; else a
+    cpmc curve of the criterion the checkpoint was pruned with uses the prune step's
+    settings, and any other cpmc curve CPMC's defaults.
+    """
+    criteria = list(dict.fromkeys(args.criteria))
+    explicit = {"preset": args.preset, "alpha": args.alpha, "beta": args.beta}
+    given = [f"--{k}" for k, v in explicit.items() if v is not None]
+    if given and not any(c.startswith("cpmc") for c in criteria):
+        raise ValueError(f"{', '.join(given)} set the cpmc curves, but --criteria has none")
+    pruned = final.metrics.get("pruned")
+    recorded = pruned.get("settings") if isinstance(pruned, dict) else None
+    result = []
+    for criterion in criteria:
+        if not criterion.startswith("cpmc"):
+            result.append(CriterionSettings.resolve(criterion))
+        elif given:
+            result.append(CriterionSettings.resolve(criterion, **explicit))
+        elif isinstance(recorded, dict) and recorded.get("criterion") == criterion:
+            result.append(CriterionSettings.from_dict(recorded))
+        else:
+            result.append(CriterionSettings.resolve(criterion))
+    return result
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     baseline, final = Checkpoint.load(args.baseline), Checkpoint.load(args.checkpoint)
     if (baseline.model_name, baseline.dataset) != (final.model_name, final.dataset):
@@ -316,8 +387,15 @@ def cmd_report(args: argparse.Namespace) -> None:
             f"{final.model_name} on {final.dataset}: report needs the same model and data"
         )
     out = Path(args.out_dir)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise ValueError(f"{out} is not empty; pass --force to write into it")
+    _fresh_directory(out, args.force)
+    curves = _curve_settings(args, final)
+    pruned = final.metrics.get("pruned")
+    if isinstance(pruned, dict) and "settings" in pruned:
+        prune = CriterionSettings.from_dict(pruned["settings"])
+        print(f"the checkpoint was pruned with {prune.label} to "
+              f"{reporting.budget_text(pruned['budget'])}")  # fmt: skip
+    rates = ", ".join(f"{100 * r:g} %" for r in args.rates)
+    print(f"prune-rate curve: {'; '.join(c.label for c in curves)}; at FLOPs rates {rates}")
     train, test = _loaders(baseline, args, distributed())
     files = reporting.write_report(
         baseline,
@@ -325,9 +403,10 @@ def cmd_report(args: argparse.Namespace) -> None:
         out,
         train=train,
         test=test,
-        criteria=args.criteria,
+        curve_settings=curves,
         rates=args.rates,
         prune=prune_model,
+        seed=args.seed,
     )
     print(reporting.table(files["summary"]))
     print(f"report written to {out}: " + ", ".join(sorted(p.name for p in files["paths"])))
@@ -335,13 +414,15 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise ValueError(f"{out} is not empty; pass --force to write into it")
+    _fresh_directory(out, args.force)
     started = time.time()
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    data = ["--batch-size", "64", "--seed", "0"]
+    data = ["--batch-size", "64", "--seed", str(args.seed), "--threads", str(args.threads)]
     if args.train_subset:
         data += ["--train-subset", str(args.train_subset)]
+    if args.data_root:
+        data += ["--data-root", args.data_root]
+    if args.download:
+        data += ["--download"]
     base, pruned, final = (str(out / f) for f in ("baseline.pt", "pruned.pt", "finetuned.pt"))
     family = family_of(args.model)
     preset = ["--preset", family] if family else []
@@ -357,10 +438,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
          *curve],
     ]  # fmt: skip
     parser = build_parser()
-    for argv in steps:  # the same commands a user would type
-        print(f"== cpmc-prune {argv[0]}")
+    for argv in steps:  # the same commands a user would type, each seeded the same way
+        print(f"== cpmc-prune {' '.join([*argv, *data, '--force'])}")
         step = parser.parse_args([*argv, *data, "--force"])
-        COMMANDS[step.command](step)
+        _run(step, threads_source=args.threads_source)
     print(f"demo finished in {time.time() - started:.0f} s; files in {out.resolve()}")
 
 
@@ -374,17 +455,102 @@ COMMANDS = {
 }
 
 
+# ---------------------------------------------------------------------- running
+def _run(args: argparse.Namespace, *, threads_source: str | None = None) -> None:
+    """Set threads and seeds, print the header, run the command."""
+    if threads_source is None:
+        cap = DEMO_MAX_THREADS if args.command == "demo" else None
+        args.threads, threads_source = resolve_threads(args.threads, cap=cap)
+    torch.set_num_threads(args.threads)
+    args.threads_source = threads_source
+    seed_everything(args.seed)  # before the model is built and any data drawn
+    if os.environ.get("RANK", "0") == "0":
+        print(
+            f"cpmc-prune {args.command}: seed {args.seed}, "
+            f"{describe_threads(args.threads, threads_source)}"
+        )
+    COMMANDS[args.command](args)
+
+
 # ---------------------------------------------------------------------- parser
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (or says it is required)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if "default" in text:
+            return text  # the text says it in words
+        default = action.default
+        if isinstance(default, (list, tuple)):
+            shown = " ".join(str(v) for v in default)
+        elif isinstance(default, bool):
+            shown = "on" if default else "off"
+        elif default is None:
+            shown = "none"
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def _help_text(text: str) -> str:
+    """Help text for argparse, which formats it with ``%``."""
+    return text.replace("%", "%%")
+
+
+def _common_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
+    here = torch.get_num_threads()
+    fallback = (
+        f"torch's default, at most {DEMO_MAX_THREADS}: {min(here, DEMO_MAX_THREADS)} here"
+        if demo
+        else f"torch's default: {here} here"
+    )
+    p.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of everything random: model initialization, training subset, shuffling, "
+        "augmentation, BatchNorm re-estimation batches and the random criterion",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=_help_text(
+            f"CPU threads torch uses (default: $OMP_NUM_THREADS when set, else {fallback}). "
+            "Use 1 for small models on a machine that other jobs keep busy: extra threads "
+            "then wait on each other"
+        ),
+    )
+
+
 def _data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", default=None, help="data set directory (see cpmc_plugin.data)")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="the data set's directory (default: none needed for digits; "
+        "/usr/share/datasets/fashion-mnist for fashion-mnist; "
+        "~/.cache/cpmc_plugin/datasets for cifar10, cifar100, svhn)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download a missing data set into --data-root (needs network)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per batch")
     p.add_argument(
         "--train-subset",
         type=positive_int,
         default=None,
-        help="train on this many images (a seeded subset)",
+        metavar="N",
+        help="train on N images, a seeded random subset (default: the whole training split)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    _common_options(p)
 
 
 def unit_interval(text: str) -> float:
@@ -401,7 +567,8 @@ def _sparse_options(p: argparse.ArgumentParser) -> None:
         choices=SPARSE_METHODS,
         type=str.lower,
         default=None,
-        help="train with this sparsity regularizer (proximal steps, exact zeros)",
+        help="train with this sparsity regularizer (proximal steps, exact zeros) "
+        "(default: none, plain training)",
     )
     g.add_argument(
         "--lam",
@@ -411,7 +578,10 @@ def _sparse_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--rho", type=non_negative, default=None, help="SSR's rho (default 1e-3)")
     g.add_argument(
-        "--keep", type=unit_interval, default=None, help="ssr-l20: fraction of channel groups kept"
+        "--keep",
+        type=unit_interval,
+        default=None,
+        help="ssr-l20: fraction of channel groups kept (default: none; ssr-l20 needs it)",
     )
     g.add_argument(
         "--update-every",
@@ -430,7 +600,7 @@ def _sparse_options(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="MODULE",
-        help="auxiliary classifiers on these modules while training",
+        help="auxiliary classifiers on these modules while training (default: none)",
     )
     g.add_argument(
         "--aux-weight", type=non_negative, default=0.3, help="weight of each auxiliary loss"
@@ -438,78 +608,189 @@ def _sparse_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cpmc-prune", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The ``cpmc-prune`` parser: one subcommand per step, every option with help."""
+    parser = argparse.ArgumentParser(
+        prog="cpmc-prune",
+        description="Train, prune to a FLOPs or parameter budget, fine-tune, evaluate, report; "
+        "or run the whole demo.",
+        formatter_class=HelpFormatter,
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="run `cpmc-prune COMMAND --help`"
+    )
 
-    p = sub.add_parser("train", help="train a model from scratch")
-    p.add_argument("--model", required=True, choices=list_models(), type=str.lower)
-    p.add_argument("--dataset", default="digits", choices=list_datasets())
-    p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--lr", type=non_negative, default=0.1)
-    p.add_argument("--out", required=True)
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+
+    p = command("train", "train a model from scratch")
+    p.add_argument(
+        "--model", required=True, choices=list_models(), type=str.lower, help="architecture"
+    )
+    p.add_argument("--dataset", default="digits", choices=list_datasets(), help="data set")
+    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
+    p.add_argument(
+        "--lr", type=non_negative, default=0.1, help="initial learning rate (cosine schedule)"
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="the checkpoint to write")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run at --out")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     _data_options(p)
     _sparse_options(p)
 
-    p = sub.add_parser("prune", help="prune a checkpoint to a FLOPs or parameter budget")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--criterion", default="cpmc", choices=CRITERIA, type=str.lower)
+    p = command("prune", "prune a checkpoint to a FLOPs or parameter budget")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="the checkpoint to prune")
+    p.add_argument(
+        "--criterion",
+        default="cpmc",
+        choices=CRITERIA,
+        type=str.lower,
+        help="how channels are ranked",
+    )
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--flops-reduction", type=fraction, default=None)
-    budget.add_argument("--params-reduction", type=fraction, default=None)
-    p.add_argument("--alpha", type=non_negative, default=None)
-    p.add_argument("--beta", type=non_negative, default=None)
-    p.add_argument("--preset", choices=list_presets(), default=None)
-    p.add_argument("--steps", type=positive_int, default=1, help="iterative steps")
-    p.add_argument("--out", required=True)
-    p.add_argument("--force", action="store_true")
+    budget.add_argument(
+        "--flops-reduction",
+        type=fraction,
+        default=None,
+        metavar="R",
+        help=_help_text(
+            "fraction of FLOPs (MACs) to remove, in (0, 1) (default: "
+            f"{DEFAULT_FLOPS_REDUCTION} unless --params-reduction is given)"
+        ),
+    )
+    budget.add_argument(
+        "--params-reduction",
+        type=fraction,
+        default=None,
+        metavar="R",
+        help="fraction of parameters to remove, in (0, 1) (default: none, a FLOPs budget)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=non_negative,
+        default=None,
+        help=f"CPMC's weight of the parameter cost (default: the --preset's, else "
+        f"{DEFAULT_ALPHA:g}); given, it overrides the preset's",
+    )
+    p.add_argument(
+        "--beta",
+        type=non_negative,
+        default=None,
+        help=f"CPMC's weight of the FLOPs cost (default: the --preset's, else "
+        f"{DEFAULT_BETA:g}); given, it overrides the preset's",
+    )
+    p.add_argument(
+        "--preset",
+        choices=list_presets(),
+        default=None,
+        help="CPMC's alpha/beta measured for this model family (default: none, CPMC's "
+        "defaults); --alpha/--beta override it",
+    )
+    p.add_argument("--steps", type=positive_int, default=1, help="iterative pruning steps")
+    p.add_argument("--out", required=True, metavar="FILE", help="the pruned checkpoint to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
     _data_options(p)
 
-    p = sub.add_parser("finetune", help="fine-tune a (pruned) checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--epochs", type=positive_int, default=5)
-    p.add_argument("--lr", type=non_negative, default=0.01)
-    p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--force", action="store_true")
+    p = command("finetune", "fine-tune a (pruned) checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="the checkpoint to train")
+    p.add_argument("--epochs", type=positive_int, default=5, help="training epochs")
+    p.add_argument(
+        "--lr", type=non_negative, default=0.01, help="initial learning rate (cosine schedule)"
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="the checkpoint to write")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run at --out")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
     _data_options(p)
     _sparse_options(p)
 
-    p = sub.add_parser("evaluate", help="accuracy, parameters and MACs of a checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p = command("evaluate", "accuracy, parameters and MACs of a checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="the checkpoint to evaluate")
     _data_options(p)
 
-    p = sub.add_parser("report", help="table, JSON and plots: baseline vs final checkpoint")
-    p.add_argument("--baseline", required=True)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--criteria", nargs="+", choices=CRITERIA, default=["cpmc", "l1", "random"])
-    p.add_argument("--rates", nargs="+", type=fraction, default=[0.3, 0.5, 0.7])
-    p.add_argument("--force", action="store_true")
+    p = command("report", "table, JSON and plots: baseline vs final checkpoint")
+    p.add_argument("--baseline", required=True, metavar="FILE", help="the unpruned checkpoint")
+    p.add_argument(
+        "--checkpoint", required=True, metavar="FILE", help="the pruned (fine-tuned) checkpoint"
+    )
+    p.add_argument("--out-dir", required=True, metavar="DIR", help="where the files go")
+    p.add_argument(
+        "--criteria",
+        nargs="+",
+        choices=CRITERIA,
+        default=["cpmc", "l1", "random"],
+        help="one curve per criterion in prune_rate.png",
+    )
+    p.add_argument(
+        "--rates",
+        nargs="+",
+        type=fraction,
+        default=[0.3, 0.5, 0.7],
+        metavar="R",
+        help="FLOPs prune rates of the curve",
+    )
+    p.add_argument(
+        "--alpha",
+        type=non_negative,
+        default=None,
+        help="alpha of the cpmc curves (default: the prune step's for its criterion, "
+        f"else {DEFAULT_ALPHA:g})",
+    )
+    p.add_argument(
+        "--beta",
+        type=non_negative,
+        default=None,
+        help="beta of the cpmc curves (default: the prune step's for its criterion, "
+        f"else {DEFAULT_BETA:g})",
+    )
+    p.add_argument(
+        "--preset",
+        choices=list_presets(),
+        default=None,
+        help="preset of the cpmc curves (default: the prune step's for its criterion, else none)",
+    )
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out-dir")
     _data_options(p)
 
-    p = sub.add_parser("demo", help="the whole story offline: train, prune, fine-tune, report")
-    p.add_argument("--out-dir", default="cpmc-demo")
-    p.add_argument("--model", default="resnet20", choices=list_models())
-    p.add_argument("--dataset", default="digits", choices=list_datasets())
-    p.add_argument("--epochs", type=positive_int, default=8)
-    p.add_argument("--finetune-epochs", type=positive_int, default=4)
-    p.add_argument("--train-subset", type=positive_int, default=None)
-    p.add_argument("--force", action="store_true")
+    p = command("demo", "the whole story offline: train, prune, fine-tune, report")
+    p.add_argument("--out-dir", default="cpmc-demo", metavar="DIR", help="where the files go")
+    p.add_argument("--model", default="resnet20", choices=list_models(), help="architecture")
+    p.add_argument("--dataset", default="digits", choices=list_datasets(), help="data set")
+    p.add_argument("--epochs", type=positive_int, default=8, help="training epochs")
+    p.add_argument("--finetune-epochs", type=positive_int, default=4, help="fine-tuning epochs")
+    p.add_argument(
+        "--train-subset",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="train on N images, a seeded random subset (default: the whole training split)",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="the data set's directory (default: the data set's usual place)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download a missing data set (needs network)",
+    )
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out-dir")
+    _common_options(p, demo=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cpmc-prune``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    threads = torch.get_num_threads()
     try:
-        COMMANDS[args.command](args)
+        _run(args)
     except (ValueError, OSError, KeyError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         print(f"cpmc-prune {args.command}: error: {message}", file=sys.stderr)
         return 2
     finally:
+        torch.set_num_threads(threads)  # as it was, for callers in the same process
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,8 +137,14 @@ def accuracy(model: nn.Module, loader: DataLoader[Any], device: torch.device) ->
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: DataLoader[Any], batches: int = 20) -> None:
-    """Measure BatchNorm statistics again on a few training batches (no weights change)."""
+def recalibrate_bn(
+    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], batches: int = 20
+) -> None:
+    """Measure BatchNorm statistics again on a few training batches (no weights change).
+
+    ``loader``: a DataLoader or any iterable of ``(images, labels)`` batches; the first
+    ``batches`` of them are used, and the running statistics become their plain average.
+    """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return

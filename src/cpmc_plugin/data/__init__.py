@@ -20,11 +20,12 @@ Example:
 """
 
 from ._idx import DEBIAN_FASHION_MNIST, read_idx
-from ._info import DatasetInfo, dataset_info, default_root, list_datasets
-from ._load import load_dataset, make_loaders
+from ._info import PYTHON_OPTION_NAMES, DatasetInfo, dataset_info, default_root, list_datasets
+from ._load import load_dataset, make_loaders, seed_worker
 
 __all__ = [
     "DEBIAN_FASHION_MNIST",
+    "PYTHON_OPTION_NAMES",
     "DatasetInfo",
     "dataset_info",
     "default_root",
@@ -32,4 +33,5 @@ __all__ = [
     "load_dataset",
     "make_loaders",
     "read_idx",
+    "seed_worker",
 ]

@@ -6,11 +6,12 @@ import gzip
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from ._info import import_torchvision_datasets
+from ._info import import_torchvision_datasets, option_spelling
 
 __all__ = ["DEBIAN_FASHION_MNIST", "fashion_mnist_arrays", "find_fashion_mnist", "read_idx"]
 
@@ -96,14 +97,20 @@ def find_fashion_mnist(dirs: list[Path], train: bool) -> tuple[Path, Path] | Non
 
 
 def fashion_mnist_arrays(
-    root: str | os.PathLike[str] | None, train: bool, download: bool, default_root: Path
+    root: str | os.PathLike[str] | None,
+    train: bool,
+    download: bool,
+    default_root: Path,
+    spell: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images ``[N, 28, 28]`` and int64 labels of one Fashion-MNIST split.
 
     Looks in ``root`` (and ``root/FashionMNIST/raw``) if given, else in
     :data:`DEBIAN_FASHION_MNIST` and ``default_root``. With ``download=True`` and no files
-    found, torchvision downloads them into ``root`` (or ``default_root``).
+    found, torchvision downloads them into ``root`` (or ``default_root``). ``spell`` says
+    how the error message names the ``root`` and ``download`` options.
     """
+    names = option_spelling(spell)
     base = Path(root).expanduser() if root is not None else None
     if base is not None:
         dirs = _search_dirs(base)
@@ -112,20 +119,21 @@ def fashion_mnist_arrays(
     files = find_fashion_mnist(dirs, train)
     if files is None and download:
         target = base if base is not None else default_root
-        tvd = import_torchvision_datasets("fashion-mnist with download=True")
+        tvd = import_torchvision_datasets(f"fashion-mnist with {names['download']}")
         try:
             tvd.FashionMNIST(str(target), train=train, download=True)
         except (OSError, RuntimeError) as e:
             raise ValueError(f"could not download fashion-mnist into {target}: {e}") from e
         files = find_fashion_mnist(_search_dirs(target), train)
     if files is None:
-        names = ", ".join(f"{b}.gz" for b in (*_FILES[True], *_FILES[False]))
+        files_wanted = ", ".join(f"{b}.gz" for b in (*_FILES[True], *_FILES[False]))
         looked = ", ".join(str(d) for d in dirs)
         raise ValueError(
-            f"fashion-mnist files not found; looked in: {looked} (for {names}, or the same names "
-            "without .gz). Install them with `apt-get install dataset-fashion-mnist` (into "
-            f"{DEBIAN_FASHION_MNIST}), or pass root= to a directory holding the four idx .gz "
-            "files (or a torchvision FashionMNIST root), or download=True with network access"
+            f"fashion-mnist files not found; looked in: {looked} (for {files_wanted}, or the same "
+            "names without .gz). Install them with `apt-get install dataset-fashion-mnist` (into "
+            f"{DEBIAN_FASHION_MNIST}), or pass {names['root']} with a directory holding the four "
+            f"idx .gz files (or a torchvision FashionMNIST root), or {names['download']} with "
+            "network access"
         )
     images_path, labels_path = files
     images, labels = read_idx(images_path), read_idx(labels_path)

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 __all__ = [
+    "PYTHON_OPTION_NAMES",
     "DatasetInfo",
     "dataset_info",
     "default_root",
     "import_torchvision_datasets",
     "list_datasets",
+    "option_spelling",
 ]
+
+
+#: how error messages spell the ``root`` and ``download`` arguments; the CLI passes its flags
+PYTHON_OPTION_NAMES: Mapping[str, str] = {"root": "root=DIR", "download": "download=True"}
+
+
+def option_spelling(option_names: Mapping[str, str] | None) -> dict[str, str]:
+    """:data:`PYTHON_OPTION_NAMES` updated with ``option_names`` (``TypeError``: no mapping)."""
+    if option_names is None:
+        return dict(PYTHON_OPTION_NAMES)
+    if not isinstance(option_names, Mapping) or not all(
+        isinstance(v, str) for v in option_names.values()
+    ):
+        raise TypeError(f"option_names must map 'root'/'download' to strings, got {option_names!r}")
+    unknown = sorted(set(option_names) - set(PYTHON_OPTION_NAMES))
+    if unknown:
+        raise ValueError(f"option_names has unknown keys {unknown}; known: root, download")
+    return {**PYTHON_OPTION_NAMES, **option_names}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ._idx import fashion_mnist_arrays
-from ._info import DatasetInfo, dataset_info, default_root, import_torchvision_datasets
+from ._info import (
+    DatasetInfo,
+    dataset_info,
+    default_root,
+    import_torchvision_datasets,
+    option_spelling,
+)
 
-__all__ = ["load_dataset", "make_loaders"]
+__all__ = ["load_dataset", "make_loaders", "seed_worker"]
 
 # training augmentation: (random-crop padding in pixels, random horizontal flip)
 _AUGMENT: dict[str, tuple[int, bool]] = {
@@ -92,7 +100,11 @@ def _digits_arrays(train: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _torchvision_arrays(
-    name: str, root: str | os.PathLike[str] | None, train: bool, download: bool
+    name: str,
+    root: str | os.PathLike[str] | None,
+    train: bool,
+    download: bool,
+    spell: Mapping[str, str],
 ) -> tuple[np.ndarray, np.ndarray]:
     tvd = import_torchvision_datasets(f"dataset {name!r}")
     base = Path(root).expanduser() if root is not None else default_root()
@@ -111,10 +123,14 @@ def _torchvision_arrays(
     except (OSError, RuntimeError) as e:
         if download:
             raise ValueError(f"could not download {name!r} into {base}: {e}") from e
+        # torchvision's RuntimeError only says "not found or corrupted" and names its own
+        # Python argument; an OSError (permissions, a bad file) says something new
+        detail = f" ({type(e).__name__}: {e})" if isinstance(e, OSError) else ""
         raise ValueError(
             f"dataset {name!r} not found (or corrupt) in {base}: torchvision looked for "
-            f"{_TV_LAYOUT[name]} there. Pass download=True on a machine with network access, "
-            f"or root= pointing to an existing torchvision {name} directory ({e})"
+            f"{_TV_LAYOUT[name]} there. Pass {spell['download']} on a machine with network "
+            f"access, or {spell['root']} pointing to an existing torchvision {name} "
+            f"directory{detail}"
         ) from e
 
 
@@ -125,6 +141,7 @@ def load_dataset(
     train: bool,
     download: bool = False,
     augment: bool | None = None,
+    option_names: Mapping[str, str] | None = None,
 ) -> Dataset[_Item]:
     """One split of a data set: items are ``(float32 image [C, H, W] normalized, int label)``.
 
@@ -140,6 +157,10 @@ def load_dataset(
         download: let torchvision download missing files (needs network).
         augment: random crop after zero padding (digits 1 px, fashion-mnist 2 px,
             cifar/svhn 4 px) plus a horizontal flip (fashion-mnist, cifar). Default: ``train``.
+        option_names: how error messages tell the user to set ``root`` and ``download``
+            (keys ``"root"``, ``"download"``); default
+            :data:`~cpmc_plugin.data.PYTHON_OPTION_NAMES`, the
+            ``cpmc-prune`` command passes its ``--data-root``/``--download`` flags.
 
     The whole split is kept in memory as uint8 (47 MB for Fashion-MNIST's training split).
     """
@@ -147,6 +168,7 @@ def load_dataset(
     for arg, value in (("train", train), ("download", download)):
         if not isinstance(value, bool):
             raise ValueError(f"{arg} must be True or False, got {value!r}")
+    spell = option_spelling(option_names)
     if augment is None:
         augment = train
     elif not isinstance(augment, bool):
@@ -155,10 +177,10 @@ def load_dataset(
     if name == "digits":
         images, labels, scale = *_digits_arrays(train), 16.0
     elif name == "fashion-mnist":
-        images, labels = fashion_mnist_arrays(root, train, download, default_root())
+        images, labels = fashion_mnist_arrays(root, train, download, default_root(), spell)
         images, scale = images[:, None], 255.0
     else:
-        images, labels, scale = *_torchvision_arrays(name, root, train, download), 255.0
+        images, labels, scale = *_torchvision_arrays(name, root, train, download, spell), 255.0
     if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
         raise ValueError(
             f"{name}: labels must lie in [0, {info.num_classes}), "
@@ -193,6 +215,18 @@ def _subset(dataset: Dataset[_Item], size: int | None, seed: int, arg: str) -> D
     return Subset(dataset, indices.tolist())
 
 
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of the loaders: seed Python's and NumPy's generators per worker.
+
+    The DataLoader seeds torch in each worker from its own ``generator`` (so the
+    augmentation, which draws from torch, is reproducible); this gives the other two
+    generators the same per-worker seed, for transforms that use them.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 def make_loaders(
     name: str,
     root: str | os.PathLike[str] | None = None,
@@ -205,6 +239,7 @@ def make_loaders(
     test_subset: int | None = None,
     seed: int = 0,
     distributed: bool = False,
+    option_names: Mapping[str, str] | None = None,
 ) -> tuple[DataLoader[_Item], DataLoader[_Item], DatasetInfo]:
     """``(train_loader, test_loader, info)`` of a data set (see :func:`load_dataset`).
 
@@ -215,6 +250,10 @@ def make_loaders(
     :class:`~torch.utils.data.DistributedSampler`: call
     ``train_loader.sampler.set_epoch(epoch)`` at the start of every epoch, or each epoch
     repeats the same order. The test loader is never sharded: every rank sees all of it.
+    Both loaders draw their shuffling and their workers' seeds from generators seeded
+    with ``seed`` (workers also run :func:`seed_worker`), never from the global one, so
+    a run is reproducible and evaluating does not change what training draws next.
+    ``option_names``: see :func:`load_dataset`.
     """
     info = dataset_info(name)
     _check_int("batch_size", batch_size, 1)
@@ -228,28 +267,35 @@ def make_loaders(
             "distributed=True needs an initialized process group: call "
             "torch.distributed.init_process_group() first, or pass distributed=False"
         )
-    train_set = load_dataset(name, root, train=True, download=download, augment=augment)
-    test_set = load_dataset(name, root, train=False, download=download, augment=False)
+    train_set = load_dataset(
+        name, root, train=True, download=download, augment=augment, option_names=option_names
+    )
+    test_set = load_dataset(
+        name, root, train=False, download=download, augment=False, option_names=option_names
+    )
     train_set = _subset(train_set, train_subset, seed, "train_subset")
     test_set = _subset(test_set, test_subset, seed, "test_subset")
 
     persistent = num_workers > 0
     sampler: DistributedSampler[_Item] | None = None
-    generator: torch.Generator | None = None
     if distributed:
         sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
-    else:
-        generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(
         train_set,
         batch_size=batch_size,
         shuffle=not distributed,
         sampler=sampler,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         persistent_workers=persistent,
+        worker_init_fn=seed_worker,
     )
     test_loader = DataLoader(
-        test_set, batch_size=batch_size, num_workers=num_workers, persistent_workers=persistent
+        test_set,
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=num_workers,
+        persistent_workers=persistent,
+        worker_init_fn=seed_worker,
     )
     return train_loader, test_loader, info

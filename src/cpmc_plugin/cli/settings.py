@@ -1,0 +1,208 @@
+"""What a ``cpmc-prune`` command runs with: threads, seeds, and the criterion's settings.
+
+Every command resolves these before anything random happens, prints them in its
+header, and records the criterion settings in the checkpoints and ``report.json``,
+so that a run can be repeated and its numbers read for what they are.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch_pruning as tp
+
+from ..criteria import make_importance
+from ..importance import CPMCImportance
+from ..presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
+
+__all__ = [
+    "DEMO_MAX_THREADS",
+    "CriterionSettings",
+    "describe_threads",
+    "resolve_threads",
+    "seed_everything",
+]
+
+#: the demo's thread cap when neither --threads nor OMP_NUM_THREADS says otherwise: its
+#: models are small, and one thread ran the demo in 17 s where two took 74 s on a 2-core
+#: machine that other jobs kept busy
+DEMO_MAX_THREADS = 1
+
+
+def resolve_threads(requested: int | None, *, cap: int | None = None) -> tuple[int, str]:
+    """The intra-op thread count to use and where it came from.
+
+    ``--threads`` wins; else ``OMP_NUM_THREADS`` (its first entry, if it is a list);
+    else torch's current setting, at most ``cap`` when given.
+
+    Raises:
+        ValueError: ``OMP_NUM_THREADS`` is set but is not an integer >= 1.
+    """
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+            raise ValueError(f"--threads must be an integer >= 1, got {requested!r}")
+        return requested, "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        first = env.split(",")[0].strip()
+        count = int(first) if first.isdigit() else 0
+        if count < 1:
+            raise ValueError(
+                f"OMP_NUM_THREADS={env!r} is not a thread count (an integer >= 1): "
+                "set it to one, unset it, or pass --threads N"
+            )
+        return count, "OMP_NUM_THREADS"
+    count = torch.get_num_threads()
+    if cap is not None and count > cap:
+        return cap, f"the demo's default: at most {cap}"
+    return count, "torch's default"
+
+
+def describe_threads(count: int, source: str) -> str:
+    """``'1 thread (--threads)'``."""
+    return f"{count} thread{'' if count == 1 else 's'} ({source})"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every device) with ``seed``.
+
+    Called at the start of every command, before the model is built and before any
+    data is drawn, so that a command repeated with the same seed and thread count
+    gives the same numbers on the CPU.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class CriterionSettings:
+    """A criterion with the exact options it ranks channels with.
+
+    ``alpha``/``beta`` are the effective CPMC weights (``None`` for the other
+    criteria); ``preset`` names the family preset they came from, and ``given`` the
+    ones set explicitly, which override the preset's.
+    """
+
+    criterion: str
+    preset: str | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    given: tuple[str, ...] = ()
+
+    @property
+    def is_cpmc(self) -> bool:
+        return self.criterion.startswith("cpmc")
+
+    @classmethod
+    def resolve(
+        cls,
+        criterion: str,
+        *,
+        preset: str | None = None,
+        alpha: float | None = None,
+        beta: float | None = None,
+    ) -> CriterionSettings:
+        """Settings of ``criterion``: explicit ``alpha``/``beta`` win over the ``preset``'s.
+
+        Raises:
+            ValueError: ``preset``/``alpha``/``beta`` for a criterion other than CPMC's,
+                or an unknown criterion or preset.
+        """
+        options = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
+        if not criterion.startswith("cpmc"):
+            given = [f"--{k}" for k in options] + (["--preset"] if preset else [])
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for the cpmc "
+                    f"criteria, not {criterion!r}"
+                )
+            make_importance(criterion)  # an unknown name fails here, with the known ones
+            return cls(criterion)
+        importance = make_importance(criterion, family=preset, **options)
+        assert isinstance(importance, CPMCImportance)
+        return cls(
+            criterion,
+            preset=preset,
+            alpha=importance.alpha,
+            beta=importance.beta,
+            given=tuple(options),
+        )
+
+    def importance(self, example_inputs: Any) -> tp.importance.Importance:
+        """The torch-pruning importance these settings describe."""
+        if not self.is_cpmc:
+            return make_importance(self.criterion, example_inputs)
+        return make_importance(
+            self.criterion, example_inputs, family=self.preset, alpha=self.alpha, beta=self.beta
+        )
+
+    @property
+    def label(self) -> str:
+        """The name a plot or table gives it: ``'cpmc (resnet preset: alpha=0, beta=0)'``."""
+        if not self.is_cpmc:
+            return self.criterion
+        assert self.alpha is not None and self.beta is not None
+        if self.given and self.preset:
+            origin = f"{self.preset} preset, {' and '.join(self.given)} set"
+        elif self.given:
+            origin = "custom"
+        elif self.preset:
+            origin = f"{self.preset} preset"
+        else:
+            origin = "default"
+        weights = f"alpha={_number(self.alpha)}, beta={_number(self.beta)}"
+        return f"{self.criterion} ({origin}: {weights})"
+
+    def describe(self) -> str:
+        """One line saying where each weight came from (for a command's header)."""
+        if not self.is_cpmc:
+            return f"criterion {self.criterion}"
+        parts = []
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if name in self.given:
+                source = f"--{name}"
+                if self.preset:
+                    preset_value = getattr(get_preset(self.preset), name)
+                    source += f", overrides the {self.preset} preset's {_number(preset_value)}"
+            elif self.preset:
+                source = f"the {self.preset} preset"
+            else:
+                default = DEFAULT_ALPHA if name == "alpha" else DEFAULT_BETA
+                source = f"CPMC's default {_number(default)}"
+            parts.append(f"{name}={_number(value)} ({source})")
+        return f"criterion {self.criterion}: " + ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for checkpoints and ``report.json``."""
+        return {
+            "criterion": self.criterion,
+            "label": self.label,
+            "preset": self.preset,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "given": list(self.given),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CriterionSettings:
+        """The settings :meth:`to_dict` wrote."""
+        return cls(
+            str(data["criterion"]),
+            preset=data.get("preset"),
+            alpha=data.get("alpha"),
+            beta=data.get("beta"),
+            given=tuple(data.get("given", ())),
+        )
