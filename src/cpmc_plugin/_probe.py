@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ import torch_pruning as tp
 
 __all__ = [
     "build_graph",
+    "describe_host_failure",
     "ModuleCall",
     "channel_dim",
     "positions_by_module",
@@ -69,8 +71,27 @@ def run_model(model: nn.Module, example_inputs: Any) -> Any:
 
 @contextlib.contextmanager
 def record_calls(model: nn.Module) -> Iterator[list[ModuleCall]]:
-    """Record every leaf-module call made inside the ``with`` block."""
+    """Record every leaf-module call made inside the ``with`` block.
+
+    The calls of a forward of ``model`` that raised are dropped: torch-pruning's tracer
+    first tries ``model(*example_inputs)``, which on a batch-1 tensor runs the first
+    layers on the unbatched sample before it fails, and then ``model(example_inputs)``.
+    """
     calls: list[ModuleCall] = []
+    starts: list[tuple[int, list[bool]]] = []  # per running forward of model: start, done
+
+    def enter(module: nn.Module, args: Any) -> None:
+        starts.append((len(calls), [False]))
+
+    def succeeded(module: nn.Module, args: Any, output: Any) -> None:
+        if starts:
+            starts[-1][1][0] = True
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        if starts:
+            start, done = starts.pop()
+            if not done[0]:  # the forward raised: forget what it called
+                del calls[start:]
 
     def hook(module: nn.Module, inputs: Any, output: Any) -> None:
         out = _first_tensor(output)
@@ -95,6 +116,11 @@ def record_calls(model: nn.Module) -> Iterator[list[ModuleCall]]:
         )
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    handles += [
+        model.register_forward_pre_hook(enter),
+        model.register_forward_hook(succeeded),
+        model.register_forward_hook(leave, always_call=True),
+    ]
     try:
         yield calls
     finally:
@@ -139,20 +165,39 @@ def probe_positions(
     return positions_by_module(calls)
 
 
+def describe_host_failure(error: BaseException) -> str:
+    """A ``ValueError`` message for a failure inside torch-pruning's graph tracing.
+
+    It says that the model itself ran (the caller checked), quotes the host's
+    exception with the host function it came from, and says what the user can do.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    host = [f for f in frames if "torch_pruning" in f.filename.replace("\\", "/")]
+    where = f" in torch_pruning's {host[-1].name}()" if host else ""
+    return (
+        "the model runs on example_inputs, but torch-pruning's DependencyGraph failed to "
+        f"trace it: {type(error).__name__}: {error}{where}. The host cannot follow some "
+        "channel operation of this model (for example a channel shuffle: a reshape and "
+        "transpose across the channel dimension). Wrap that operation in an nn.Module and "
+        "register a customized pruner for it (customized_pruners={ModuleType: pruner}), "
+        "or keep the layers around it out of the pruned set (ignored_layers)"
+    )
+
+
 def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model``, traced in eval mode.
 
     Tracing in eval mode leaves BatchNorm running statistics alone; the model's
-    train/eval mode is restored. Inputs that cannot run give a ``ValueError``.
+    train/eval mode is restored. Inputs that cannot run give a ``ValueError``, and so
+    does a model that runs but that the host cannot trace (the message says which).
     """
+    forward_once(model, example_inputs)
     was_training = model.training
     try:
         model.eval()
         with torch.enable_grad():
             return tp.DependencyGraph().build_dependency(model, example_inputs)
     except Exception as error:
-        raise ValueError(
-            f"example_inputs cannot run through the model: {type(error).__name__}: {error}"
-        ) from error
+        raise ValueError(describe_host_failure(error)) from error
     finally:
         model.train(was_training)

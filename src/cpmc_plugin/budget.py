@@ -68,12 +68,31 @@ class ChannelGroup:
         removable: how many units may go at most (the per-group floor).
         owned: ``{dim_id: counts}``; ``counts[u]`` indices of ``dim_id`` leave with unit ``u``.
         round_to: the kept number of units is rounded down to a multiple of this.
+        protected: optional boolean mask of units that are never removed (they keep a
+            floor for a layer that owns only some of the group's units).
     """
 
     scores: torch.Tensor
     removable: int
     owned: Mapping[int, torch.Tensor] = field(default_factory=dict)
     round_to: int = 1
+    protected: torch.Tensor | None = None
+
+    @property
+    def candidates(self) -> torch.Tensor:
+        """Indices of the units that may be removed, lowest score first."""
+        order = torch.argsort(self.scores, stable=True)
+        if self.protected is not None:
+            order = order[~self.protected[order]]
+        return order
+
+    @property
+    def cap(self) -> int:
+        """How many units may go: ``removable``, and never a protected one."""
+        free = len(self.scores)
+        if self.protected is not None:
+            free -= int(self.protected.sum())
+        return max(0, min(self.removable, free))
 
 
 @dataclass(frozen=True)
@@ -102,8 +121,8 @@ class _Evaluator:
         pad = [(*t.dims, n_dims, n_dims)[:2] for t in terms]
         self.first = torch.tensor([d[0] for d in pad], dtype=torch.long)
         self.second = torch.tensor([d[1] for d in pad], dtype=torch.long)
-        # per group: ascending order and, per dimension, cumulative owned counts
-        self.order = [torch.argsort(g.scores, stable=True) for g in groups]
+        # per group: the removable units, ascending, and per dimension cumulative owned counts
+        self.order = [g.candidates for g in groups]
         self.cumulative: list[list[tuple[int, torch.Tensor]]] = []
         for group, order in zip(groups, self.order, strict=True):
             rows = []
@@ -140,7 +159,7 @@ def lowest_cost(
 ) -> float:
     """The cost left when every group gives up all it may (its floor)."""
     evaluator = _Evaluator(groups, dim_sizes, terms)
-    counts = [_round_count(g.removable, len(g.scores), g.removable, g.round_to) for g in groups]
+    counts = [_round_count(g.cap, len(g.scores), g.cap, g.round_to) for g in groups]
     return evaluator.cost(counts)
 
 
@@ -165,8 +184,14 @@ def plan_removal(
         if base > target_cost:
             raise UnreachableBudgetError("there is nothing to prune", base)
         return BudgetPlan(removed=[], cost=base, base_cost=base)
-    scores = torch.cat([g.scores.detach().double().flatten() for g in groups])
-    owner = torch.cat([torch.full((len(g.scores),), i) for i, g in enumerate(groups)])
+    # the ranking holds the units that may go (protected units never enter it)
+    scores = torch.cat(
+        [
+            g.scores.detach().double().flatten()[o]
+            for g, o in zip(groups, evaluator.order, strict=True)
+        ]
+    )
+    owner = torch.cat([torch.full((len(o),), i) for i, o in enumerate(evaluator.order)])
     ranking = torch.argsort(scores, stable=True)
     # positions[i]: where the units of group i stand in the global ranking, ascending
     rank_of = torch.empty_like(ranking)
@@ -179,7 +204,7 @@ def plan_removal(
             _round_count(
                 int(torch.searchsorted(pos, target, right=False)[0]),
                 len(g.scores),
-                g.removable,
+                g.cap,
                 g.round_to,
             )
             for pos, g in zip(positions, groups, strict=True)

@@ -15,8 +15,17 @@ import torch_pruning as tp
 from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
-from ._cost_model import GroupUnits, build_cost_model, map_calls
-from ._probe import positions_by_module, record_calls
+from ._atomic import ModelSnapshot, RunFailure, RunSignature, check_still_runs, signature
+from ._cost_model import (
+    GroupUnits,
+    build_cost_model,
+    capture_opaque_calls,
+    map_calls,
+    opaque_layers,
+    remeasure_sites,
+)
+from ._groups import hidden_coupling, misaligned_grouped_conv, repair_concat_mappings
+from ._probe import describe_host_failure, positions_by_module, record_calls
 from .budget import UnreachableBudgetError, lowest_cost, plan_removal
 from .importance import CPMCImportance, _shape_signature
 from .report import LayerChannels, PruneReport
@@ -33,9 +42,19 @@ HOST_OPTIONS = frozenset(
         "output_transform",
         "in_channel_groups",
         "out_channel_groups",
+        "isomorphic",
+        "pruning_ratio_dict",
     }
 )
 TOLERANCE = 0.005  # 0.5 percentage points
+#: how often a step re-plans against the measured count before it refuses
+MAX_CORRECTIONS = 8
+#: what to try when a pruned model no longer runs
+_RUN_HINT = (
+    "put the layer (or the layers that feed the failing operation) in ignored_layers; "
+    "for a transformer, pass its head options (num_heads=...) and let the model's own "
+    "shape attributes follow (e.g. torchvision ViT's hidden_dim)"
+)
 
 
 @dataclass(frozen=True)
@@ -63,8 +82,18 @@ def _count(model: nn.Module, example_inputs: Any) -> _Counts:
 
     The host counter deep-copies the model and runs it; running it on a meta-device
     twin gives the same counts without copying weights or computing anything.
-    Models that cannot run on the meta device are counted as they are.
+    Models that cannot run on the meta device are counted as they are. The count
+    runs in eval mode (BatchNorm statistics stay put); the mode is restored.
     """
+    was_training = model.training
+    model.eval()
+    try:
+        return _count_eval(model, example_inputs)
+    finally:
+        model.train(was_training)
+
+
+def _count_eval(model: nn.Module, example_inputs: Any) -> _Counts:
     try:
         twin, inputs = _meta_twin(model, example_inputs)
         macs, params, twin_macs, twin_params = tp.utils.count_ops_and_params(
@@ -77,9 +106,13 @@ def _count(model: nn.Module, example_inputs: Any) -> _Counts:
         macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
             model, example_inputs, layer_wise=True
         )
-    # per-layer MACs are summed over the batch while the total is per sample
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    batch_total = sum(float(layer_macs.get(m) or 0.0) for m in leaves)
+    # per-layer MACs are summed over the batch while the total is per sample; the
+    # whole model's entry is that batch sum (the counter also counts some modules that
+    # are not leaves, e.g. nn.MultiheadAttention, so a sum over leaves would not do)
+    batch_total = float(layer_macs.get(model) or 0.0)
+    if batch_total <= 0:
+        leaves = [m for m in model.modules() if next(m.children(), None) is None]
+        batch_total = sum(float(layer_macs.get(m) or 0.0) for m in leaves)
     scale = float(macs) / batch_total if batch_total > 0 else 1.0
     per_sample = {m: float(v or 0.0) * scale for m, v in layer_macs.items()}
     return _Counts(float(macs), float(params), per_sample, dict(layer_params))
@@ -104,6 +137,55 @@ def _resolve_budget(flops: Any, params: Any) -> tuple[str, float]:
     return "macs", _fraction("flops_reduction", 0.5 if flops is None else flops)
 
 
+_REFUSED = {
+    "pruning_ratio": "the budget (flops_reduction or params_reduction) replaces it",
+    "ch_sparsity": "the budget (flops_reduction or params_reduction) replaces it",
+    "global_pruning": "a budget ranks all channels of the model globally, always",
+    "head_pruning_ratio": "attention heads are not yet units of the budget",
+}
+
+
+def _why_refused(names: Sequence[str]) -> str:
+    reasons = [f"{n} ({_REFUSED.get(n, 'it has no meaning under a budget')})" for n in names]
+    return "; ".join(reasons)
+
+
+def _check_cap(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in (0, 1], got {value!r}")
+    if not 0 < value <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
+    return float(value)
+
+
+def _layer_caps(ratios: Any) -> dict[nn.Module, float]:
+    """``pruning_ratio_dict`` as per-layer caps: ``{module or tuple of modules: ratio}``."""
+    if ratios is None:
+        return {}
+    if not isinstance(ratios, dict):
+        raise TypeError(
+            f"pruning_ratio_dict must be a dict {{module or tuple of modules: ratio}}, "
+            f"got {type(ratios).__name__}"
+        )
+    caps: dict[nn.Module, float] = {}
+    for key, ratio in ratios.items():
+        name = f"pruning_ratio_dict[{type(key).__name__}]"
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise TypeError(f"{name} must be a number in [0, 1], got {ratio!r}")
+        if not 0 <= ratio <= 1:  # 0: the layer keeps all its channels
+            raise ValueError(f"{name} must be in [0, 1], got {ratio}")
+        cap = float(ratio)
+        modules = key if isinstance(key, tuple) else (key,)
+        for module in modules:
+            if not isinstance(module, nn.Module):
+                raise TypeError(
+                    f"pruning_ratio_dict keys must be modules or tuples of modules, got {module!r}"
+                )
+            for sub in module.modules():
+                caps[sub] = cap
+    return caps
+
+
 def _check_finite(model: nn.Module) -> None:
     # a NaN or Inf makes the sum non-finite; only then look element by element
     bad = [
@@ -116,6 +198,90 @@ def _check_finite(model: nn.Module) -> None:
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise ValueError(f"the model has non-finite (NaN or Inf) values in {shown}")
+
+
+_ROOTS = (nn.modules.conv._ConvNd, nn.Linear)
+#: layer types whose cost scaling the planner models (the others may make it miss)
+_MODELLED: tuple[type, ...] = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Flatten,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+
+
+def _next_planning_target(
+    tried: list[tuple[float, float]], target: float, initial: float
+) -> float | None:
+    """The next planning target, from the (planning target, measured) pairs so far.
+
+    The measured cost grows with the planning target. Scale the planned removal by
+    how much of it the last plan achieved (a secant through the origin of removal);
+    when both sides of the target have been seen, stay inside that bracket (bisect
+    if the secant leaves it). ``None`` when no new planning target is left to try.
+    """
+    planning, measured = tried[-1]
+    wanted = initial - target
+    planned = initial - planning
+    achieved = initial - measured
+    guess = initial - planned * wanted / achieved if achieved > 0 else initial - 2 * planned
+    low = max((p for p, m in tried if m < target), default=None)  # removed too much
+    high = min((p for p, m in tried if m > target), default=None)  # removed too little
+    if low is not None and high is not None and not min(low, high) < guess < max(low, high):
+        guess = (low + high) / 2
+    guess = min(max(guess, 0.0), initial)
+    if any(abs(guess - p) <= 1e-9 * max(initial, 1.0) for p, _ in tried):
+        return None
+    return guess
+
+
+def _isomorphic_key(graph: tp.DependencyGraph, group: tp.Group) -> tuple[Any, ...]:
+    """The structure of a group, as the host's isomorphic pruning compares it."""
+    return tuple(
+        (
+            type(item.dep.source.module).__name__,
+            type(item.dep.target.module).__name__,
+            graph.is_out_channel_pruning_fn(item.dep.handler),
+        )
+        for item in group
+    )
+
+
+def _isomorphic_quantiles(
+    graph: tp.DependencyGraph, units: Sequence[GroupUnits], scores: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Isomorphic pruning under a budget: rank channels only against the channels of
+    groups with the same structure. Each score becomes its rank quantile within its
+    scope, so a global threshold removes the same fraction of every scope."""
+    scopes: dict[tuple[Any, ...], list[int]] = {}
+    for i, unit in enumerate(units):
+        scopes.setdefault(_isomorphic_key(graph, unit.group), []).append(i)
+    out = list(scores)
+    for members in scopes.values():
+        joined = torch.cat([scores[i] for i in members])
+        rank = torch.empty(len(joined))
+        rank[torch.argsort(joined, stable=True)] = torch.arange(1, len(joined) + 1).float()
+        quantiles = (rank / len(joined)).split([len(scores[i]) for i in members])
+        for i, q in zip(members, quantiles, strict=True):
+            out[i] = q
+    return out
 
 
 class CPMCPruner(tp.pruner.BasePruner):
@@ -179,20 +345,17 @@ class CPMCPruner(tp.pruner.BasePruner):
         unknown = sorted(set(host_options) - HOST_OPTIONS)
         if unknown:
             raise TypeError(
-                f"CPMCPruner does not take {', '.join(unknown)}; the budget replaces "
-                "pruning ratios. Host options it passes on: " + ", ".join(sorted(HOST_OPTIONS))
+                f"CPMCPruner does not take {', '.join(unknown)}: "
+                + _why_refused(unknown)
+                + ". Host options it passes on: "
+                + ", ".join(sorted(HOST_OPTIONS))
             )
         self.metric, self.reduction = _resolve_budget(flops_reduction, params_reduction)
         if isinstance(iterative_steps, bool) or not isinstance(iterative_steps, int):
             raise TypeError(f"iterative_steps must be an int >= 1, got {iterative_steps!r}")
         if iterative_steps < 1:
             raise ValueError(f"iterative_steps must be an int >= 1, got {iterative_steps}")
-        if isinstance(max_pruning_ratio, bool) or not isinstance(max_pruning_ratio, (int, float)):
-            raise TypeError(
-                f"max_pruning_ratio must be a number in (0, 1], got {max_pruning_ratio!r}"
-            )
-        if not 0 < max_pruning_ratio <= 1:
-            raise ValueError(f"max_pruning_ratio must be in (0, 1], got {max_pruning_ratio}")
+        _check_cap("max_pruning_ratio", max_pruning_ratio)
         if round_to is not None and (
             isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1
         ):
@@ -201,6 +364,10 @@ class CPMCPruner(tp.pruner.BasePruner):
             raise TypeError(
                 f"finetune_fn must be callable as finetune_fn(model, step), got {finetune_fn!r}"
             )
+        isomorphic = host_options.pop("isomorphic", False)
+        if not isinstance(isomorphic, bool):
+            raise TypeError(f"isomorphic must be a bool, got {isomorphic!r}")
+        caps = _layer_caps(host_options.pop("pruning_ratio_dict", None))
         if importance is None:
             importance = CPMCImportance(example_inputs)
         if not callable(importance):
@@ -210,37 +377,43 @@ class CPMCPruner(tp.pruner.BasePruner):
         _check_finite(model)
 
         was_training = model.training
+        model.eval()  # probing and tracing never touch BatchNorm statistics
         try:
-            with record_calls(model) as calls:
-                super().__init__(
-                    model,
-                    example_inputs,
-                    importance=importance,
-                    global_pruning=True,
-                    max_pruning_ratio=max_pruning_ratio,
-                    iterative_steps=iterative_steps,
-                    ignored_layers=list(ignored_layers) if ignored_layers is not None else None,
-                    round_to=round_to,
-                    **host_options,
-                )
+            # the inputs fit (a ValueError otherwise); the outputs every step must keep
+            with record_calls(model) as own_calls:  # sizes as the model is called
+                self._signature: RunSignature = signature(model, example_inputs)
+            try:
+                with record_calls(model) as calls:
+                    super().__init__(
+                        model,
+                        example_inputs,
+                        importance=importance,
+                        global_pruning=True,
+                        max_pruning_ratio=max_pruning_ratio,
+                        iterative_steps=iterative_steps,
+                        ignored_layers=list(ignored_layers) if ignored_layers is not None else None,
+                        round_to=round_to,
+                        **host_options,
+                    )
+            except Exception as error:
+                raise ValueError(describe_host_failure(error)) from error
             initial = _count(model, example_inputs)
-        except Exception as error:
-            raise ValueError(
-                f"example_inputs cannot run through the model: {type(error).__name__}: {error}"
-            ) from error
         finally:
             model.train(was_training)
 
         self.example_inputs = example_inputs
         self.finetune_fn = finetune_fn
+        self.isomorphic = isomorphic
+        self._caps = caps
         self._units_cache: tuple[Any, list[GroupUnits]] | None = None
         self._granularity = 0.0
         self._model_cache: tuple[Any, Any] | None = None
         self._sites = map_calls(self.DG, calls)
-        self._positions = positions_by_module(calls)
+        self._positions = positions_by_module(own_calls)  # the trace may see an unbatched call
         self._initial = initial
         self._latest: _Counts | None = initial  # None: pruned since the last count
         self._pruned_step = 0
+        self._corrected_target: float | None = None  # the planning target while correcting
         self._initial_layers = [
             (name, type(m).__name__, self.DG.get_out_channels(m))
             for name, m in model.named_modules()
@@ -254,16 +427,45 @@ class CPMCPruner(tp.pruner.BasePruner):
     def step(self, interactive: bool = False) -> Generator[tp.Group, None, None] | None:
         """Prune one of the ``iterative_steps`` (then call ``finetune_fn``, if given).
 
+        The step is all or nothing: the whole plan is made first, then applied, then
+        the model is run on ``example_inputs`` and counted. If the count is off the
+        target by more than the tolerance, the plan is corrected against the measured
+        count; if the model no longer runs, changes its output shapes, or the budget
+        cannot be met, the model is restored exactly and a ``ValueError`` says why.
+
         With ``interactive=True`` the groups are yielded for the caller to prune, as in
-        torch-pruning, and ``finetune_fn`` is left to the caller.
+        torch-pruning, and ``finetune_fn`` is left to the caller. Once every group was
+        yielded the model is checked the same way (the count only warns then, since
+        the caller may skip groups).
         """
         if interactive:
             return super().step(interactive=True)
-        before = self.current_step
-        super().step()
-        pruned = before < self.current_step <= self.iterative_steps
-        if self.finetune_fn is not None and pruned:
+        if self.current_step >= self.iterative_steps:
+            self.current_step += 1
+            self._warn_done()
+            return None
+        self.current_step += 1
+        try:
+            self._apply_step(self.current_step)
+        except BaseException:
+            self.current_step -= 1  # the model was restored: the step did not happen
+            raise
+        if self.finetune_fn is not None:
             self.finetune_fn(self.model, self.current_step)
+        return None
+
+    def regularize(self, model: nn.Module | None = None, loss: Any = None, **_: Any) -> None:
+        """Nothing to do: CPMC ranks trained weights and adds no sparsity penalty.
+
+        Accepts the host's call (``pruner.regularize(model)`` after ``loss.backward()``,
+        as for ``GroupNormPruner``) so that training loops written for the host run
+        unchanged. For sparse training before pruning use
+        :func:`~cpmc_plugin.make_regularizer` (OICSR, BN-FISTA, SSR).
+        """
+        return None
+
+    def update_regularizer(self) -> None:
+        """Nothing to do (see :meth:`regularize`)."""
         return None
 
     def prune(self, progress: bool = False) -> PruneReport:
@@ -285,11 +487,23 @@ class CPMCPruner(tp.pruner.BasePruner):
         initial = self._initial.macs if self.metric == "macs" else self._initial.params
         return initial * (1.0 - self.reduction * step / self.iterative_steps)
 
+    def _planning_target(self, step: int) -> float:
+        """The cost the planner aims at: the target, or its correction against a count."""
+        if self._corrected_target is not None:
+            return self._corrected_target
+        return self.target_cost(step)
+
     def _units(self) -> list[GroupUnits]:
         signature = _shape_signature(self.model)
         if self._units_cache is not None and self._units_cache[0] == signature:
             return self._units_cache[1]
+        repair_concat_mappings(self.DG)  # before any group is read: see its docstring
+        calls: dict[nn.Module, int] = {}
+        for site in self._sites:
+            calls[site.module] = calls.get(site.module, 0) + 1
+        reused = {m for m, n in calls.items() if n > 1}
         units = []
+        self._unprunable: list[str] = []  # groups left whole, for the error messages
         for group in self.DG.get_all_groups(
             ignored_layers=self.ignored_layers, root_module_types=self.root_module_types
         ):
@@ -297,15 +511,36 @@ class CPMCPruner(tp.pruner.BasePruner):
             ch_groups = self._get_channel_groups(group)
             if ch_groups < 1 or n % ch_groups:
                 ch_groups = 1
-            units.append(GroupUnits(group=group, ch_groups=ch_groups, size=n // ch_groups))
+            conv = misaligned_grouped_conv(group, ch_groups, n // ch_groups)
+            if conv is not None:  # the host cannot prune this group without breaking `conv`
+                name = self.DG._module2name.get(group[0].dep.target.module, "?")
+                self._unprunable.append(
+                    f"{name} (its channels reach the grouped conv "
+                    f"{self.DG._module2name.get(conv, '?')} out of its groups' order)"
+                )
+                continue
+            size = n // ch_groups
+            labels = hidden_coupling(self.DG, group, reused)
+            alias = None
+            if labels is not None:  # root channels the host removes together: one unit each
+                alias = torch.arange(size)
+                for p, q in enumerate((labels % size).tolist()):
+                    a, b = int(alias[p % size]), int(alias[q])
+                    alias[alias == max(a, b)] = min(a, b)
+            units.append(GroupUnits(group=group, ch_groups=ch_groups, size=size, alias=alias))
         self._units_cache = (signature, units)
         return units
 
     def _max_ratio(self, module: nn.Module) -> float:
-        """The most of ``module``'s initial channels that may go (one cap for all here)."""
-        return float(self.max_pruning_ratio)
+        """The most of ``module``'s initial channels that may go: its ``pruning_ratio_dict``
+        entry, else ``max_pruning_ratio``."""
+        return self._caps.get(module, float(self.max_pruning_ratio))
 
-    def _floor(self, unit: GroupUnits) -> int:
+    def _floor(self, unit: GroupUnits | nn.Module) -> int:
+        """The fewest units a group keeps, or the fewest channels a layer keeps."""
+        if isinstance(unit, nn.Module):
+            initial = self.layer_init_out_ch.get(unit) or self.DG.get_out_channels(unit) or 1
+            return max(1, math.ceil(initial * (1 - self._max_ratio(unit)) - 1e-9))
         module = unit.group[0].dep.target.module
         initial = self.layer_init_out_ch.get(module) or len(unit.group[0].idxs)
         cap = self._max_ratio(module)
@@ -329,7 +564,16 @@ class CPMCPruner(tp.pruner.BasePruner):
         counts = self._current
         layer = counts.layer_macs if self.metric == "macs" else counts.layer_params
         total = counts.macs if self.metric == "macs" else counts.params
-        model = build_cost_model(self.DG, units, self._sites, layer, total, self.metric)
+        opaque = opaque_layers(self.DG)  # layers whose costs are measured on pruned copies
+        calls: dict[nn.Module, list[Any]] = {m: [] for m in opaque}  # parameters need none
+        sites = self._sites
+        if self.metric == "macs":
+            # one forward, called as the model is called: the inputs of the measured layers
+            # and each call's size per sample (see remeasure_sites)
+            with record_calls(self.model) as probed:
+                calls = capture_opaque_calls(self.model, self.example_inputs, opaque)
+            sites = remeasure_sites(sites, probed)
+        model = build_cost_model(self.DG, units, sites, layer, total, self.metric, calls)
         self._model_cache = (key, model)
         return model
 
@@ -337,25 +581,34 @@ class CPMCPruner(tp.pruner.BasePruner):
         units = self._units()
         model = self._cost_model(units)
         scores = [torch.zeros(u.size) for u in units]
-        groups = model.channel_groups(
-            units, scores, [self._floor(u) for u in units], self._rounding
-        )
+        floors = [self._floor(u) for u in units]
+        groups = model.channel_groups(units, scores, floors, self._rounding, self._floor)
         best = lowest_cost(groups, dim_sizes=model.dim_sizes, terms=model.terms)
         if best > self.target_cost():
-            raise self._unreachable(best)
+            error = self._unreachable(best)
+            if self._unprunable:
+                shown = "; ".join(self._unprunable[:3])
+                more = len(self._unprunable) - 3
+                shown += f"; and {more} more" if more > 0 else ""
+                error = UnreachableBudgetError(
+                    f"{error}. Left whole because torch-pruning cannot prune them: {shown}",
+                    best,
+                )
+            raise error
 
     @property
     def _rounding(self) -> int:
         return int(self.round_to) if self.round_to else 1
 
-    def _unreachable(self, best_cost: float) -> ValueError:
+    def _unreachable(self, best_cost: float) -> UnreachableBudgetError:
         initial = self._initial.macs if self.metric == "macs" else self._initial.params
         best = 1.0 - best_cost / initial
         name = "flops_reduction" if self.metric == "macs" else "params_reduction"
-        return ValueError(
+        return UnreachableBudgetError(
             f"{name}={self.reduction} cannot be met under max_pruning_ratio="
             f"{self.max_pruning_ratio}: at most {100 * best:.2f} % is reachable "
-            "(raise max_pruning_ratio, remove ignored layers, or lower the budget)"
+            "(raise max_pruning_ratio, remove ignored layers, or lower the budget)",
+            best_cost,
         )
 
     # ------------------------------------------------------------------ scoring
@@ -380,43 +633,172 @@ class CPMCPruner(tp.pruner.BasePruner):
                 )
             kept.append(unit)
             scores.append(imp.view(unit.ch_groups, unit.size).mean(0))
+        if self.isomorphic:
+            scores = _isomorphic_quantiles(self.DG, kept, scores)
         return kept, scores
 
     # ------------------------------------------------------------------ pruning
+    def _warn_done(self) -> None:
+        warnings.warn(
+            f"CPMCPruner: all {self.iterative_steps} steps are done; step() prunes nothing",
+            stacklevel=4,
+        )
+
+    def _tolerance(self) -> float:
+        initial = self._initial.macs if self.metric == "macs" else self._initial.params
+        return max(TOLERANCE * initial, self._granularity)
+
+    def _metric_of(self, counts: _Counts) -> float:
+        return counts.macs if self.metric == "macs" else counts.params
+
+    @torch.no_grad()
+    def _apply_step(self, step: int) -> None:
+        """Plan, apply, check and count step ``step``; re-plan against the measured count
+        while it is off target; restore the model and raise on any failure."""
+        snapshot = ModelSnapshot(self.model)
+        before = self._current
+        target = self.target_cost(step)
+        tried: list[tuple[float, float]] = []  # (planning target, measured cost)
+        planning = target
+        try:
+            for _ in range(MAX_CORRECTIONS + 1):
+                self._corrected_target = planning
+                try:
+                    plan = self._plan(step)
+                except UnreachableBudgetError as error:
+                    if not tried or planning >= error.best_cost:
+                        raise
+                    planning = error.best_cost  # as low as the model says the floor allows
+                    continue
+                self._apply(plan)
+                self._check_runs()
+                self._latest = _count(self.model, self.example_inputs)
+                now = self._metric_of(self._latest)
+                if abs(now - target) <= self._tolerance():
+                    return
+                tried.append((planning, now))
+                snapshot.restore()
+                self._latest = before
+                following = _next_planning_target(tried, target, self._metric_of(before))
+                if following is None:
+                    break
+                planning = following
+            raise self._missed(target, tried)
+        except BaseException:
+            snapshot.restore()
+            self._latest = before
+            raise
+        finally:
+            self._corrected_target = None
+
+    def _apply(self, plan: list[tuple[nn.Module, Any, list[int]]]) -> None:
+        for module, fn, idxs in plan:
+            self._group_for(module, fn, idxs).prune()
+            self._latest = None  # counted when next needed
+        self._pruned_step = self.current_step
+
+    def _group_for(self, module: nn.Module, fn: Any, idxs: list[int]) -> tp.Group:
+        """The host group of one planned removal, on the graph as it is now.
+
+        Groups are made one at a time, after the previous ones were pruned, so that index
+        mappings through concatenations are current (as torch-pruning does).
+        """
+        group = self.DG.get_pruning_group(module, fn, idxs)
+        if any(item.dep.target.type == tp.ops.OPTYPE.OUTPUT for item in group):
+            names = [
+                f"'{self.DG._module2name[m]}' ({type(m).__name__})"
+                for m in dict.fromkeys(
+                    item.dep.target.module
+                    for item in group
+                    if isinstance(item.dep.target.module, _ROOTS)
+                    and self.DG.is_out_channel_pruning_fn(item.dep.handler)
+                )
+            ]
+            raise ValueError(
+                f"CPMCPruner refused the step: removing channels of {', '.join(names)} would "
+                "change the shape of the model's output (those channels are the output). Put "
+                "the layer that produces the output in ignored_layers. The model is unchanged"
+            )
+        if not self.DG.check_pruning_group(group):
+            raise RuntimeError(f"internal error: the plan would empty a layer ({group})")
+        return group
+
+    def _check_runs(self) -> None:
+        """Run the pruned model once; a ``ValueError`` (the caller restores) if it fails."""
+        try:
+            check_still_runs(self.model, self.example_inputs, self._signature)
+        except RunFailure as failure:
+            if failure.error is None and "output shapes" in str(failure):
+                raise ValueError(
+                    f"CPMCPruner refused the step: {failure}. The model's outputs must keep "
+                    f"their shape: put {failure.where} in ignored_layers. The model is unchanged"
+                ) from None
+            raise ValueError(
+                f"CPMCPruner refused the step: after pruning, {failure}. The model is "
+                f"unchanged. To prune it, {_RUN_HINT}"
+            ) from failure.error
+
+    def _missed(self, target: float, tried: list[tuple[float, float]]) -> ValueError:
+        initial = self._initial.macs if self.metric == "macs" else self._initial.params
+        closest = min(tried, key=lambda t: abs(t[1] - target))[1] if tried else target
+        odd = sorted(
+            {
+                type(m).__name__
+                for m in self.model.modules()
+                if next(m.children(), None) is None and not isinstance(m, _MODELLED)
+            }
+        )
+        name = "flops_reduction" if self.metric == "macs" else "params_reduction"
+        return ValueError(
+            f"CPMCPruner cannot meet {name}={self.reduction}: after {len(tried)} plans "
+            f"corrected against the measured count, the closest left "
+            f"{100 * (1 - closest / initial):.2f} % removed against "
+            f"{100 * (1 - target / initial):.2f} % asked (tolerance "
+            f"{100 * self._tolerance() / initial:.2f} pp). The planner cannot model how the "
+            "cost of some operation scales with channels"
+            + (f" (layer types it does not model: {', '.join(odd)})" if odd else "")
+            + ". The model is unchanged; try another budget, or put those layers in "
+            "ignored_layers"
+        )
+
     @torch.no_grad()
     def _prune(self) -> Generator[tp.Group, None, None]:
+        """Interactive steps: yield the plan's groups; check the model after the last one."""
         if self.current_step > self.iterative_steps:
-            warnings.warn(
-                f"CPMCPruner: all {self.iterative_steps} steps are done; step() prunes nothing",
-                stacklevel=3,
-            )
+            self._warn_done()
             return
         try:
             plan = self._plan(self.current_step)
         except Exception:
             self.current_step -= 1  # nothing was pruned: the step did not happen
             raise
-        for module, fn, idxs in plan:
-            # groups are made one at a time, after the previous ones were pruned, so that
-            # index mappings through concatenations are current (as torch-pruning does)
-            group = self.DG.get_pruning_group(module, fn, idxs)
-            if not self.DG.check_pruning_group(group):
-                raise RuntimeError(f"internal error: the plan would empty a layer ({group})")
-            yield group
-            self._latest = None  # counted when next needed: report() or the next step
-            self._pruned_step = self.current_step
+        snapshot = ModelSnapshot(self.model)
+        before = self._latest
+        try:
+            for module, fn, idxs in plan:
+                yield self._group_for(module, fn, idxs)
+                self._latest = None  # counted when next needed: report() or the next step
+                self._pruned_step = self.current_step
+            self._check_runs()
+        except GeneratorExit:
+            raise  # the caller stopped early: what it pruned stays pruned
+        except BaseException:
+            snapshot.restore()
+            self._latest = before
+            self.current_step -= 1
+            raise
 
     def _plan(self, step: int) -> list[tuple[nn.Module, Any, list[int]]]:
         units, scores = self._score(self._units())
         model = self._cost_model(units)
         floors = [self._floor(u) for u in units]
-        groups = model.channel_groups(units, scores, floors, self._rounding)
+        groups = model.channel_groups(units, scores, floors, self._rounding, self._floor)
         try:
             plan = plan_removal(
                 groups,
                 dim_sizes=model.dim_sizes,
                 terms=model.terms,
-                target_cost=self.target_cost(step),
+                target_cost=self._planning_target(step),
             )
         except UnreachableBudgetError as error:
             raise self._unreachable(error.best_cost) from None
@@ -428,6 +810,7 @@ class CPMCPruner(tp.pruner.BasePruner):
             if unit.size - len(removed) < floor:
                 raise RuntimeError("internal error: the plan breaks a per-layer floor")
             offsets = torch.arange(unit.ch_groups) * unit.size
+            removed = unit.members(removed)  # with the units the host removes with them
             positions = (removed[:, None] + offsets[None, :]).flatten()
             roots = torch.as_tensor(unit.group[0].root_idxs)[positions]
             root = unit.group[0].dep

@@ -1,0 +1,243 @@
+"""Apply a change to a model all or nothing: snapshot, apply, check that it runs, restore.
+
+torch-pruning (and this package's own removal paths) change a model in place: they
+replace parameters and buffers and rewrite module attributes such as
+``out_channels``. :class:`ModelSnapshot` records every module's attributes and the
+identity of every tensor, so that :meth:`ModelSnapshot.restore` puts the *same*
+objects back (optimizers and user references stay valid). Tensors that a path
+changes in place are only restored if the snapshot cloned them (``clone=True``).
+
+:func:`check_still_runs` runs the changed model once on the example inputs and
+compares the output shapes with its :func:`signature` from before; on any failure
+the caller restores and raises a ``ValueError`` that names the module whose forward
+failed.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> net = nn.Sequential(nn.Linear(4, 3))
+    >>> snap = ModelSnapshot(net)
+    >>> net[0].weight = nn.Parameter(torch.zeros(2, 4)); net[0].out_features = 2
+    >>> snap.restore()
+    >>> net[0].weight.shape, net[0].out_features
+    (torch.Size([3, 4]), 3)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils._pytree import tree_flatten
+
+from ._probe import run_model
+
+__all__ = [
+    "ModelSnapshot",
+    "RunFailure",
+    "RunSignature",
+    "check_still_runs",
+    "signature",
+]
+
+_CONTAINERS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
+
+
+def _copy_value(value: Any) -> Any:
+    if isinstance(value, (dict, list, set)):
+        return value.copy()  # keeps the type: hook dicts are OrderedDicts held by weakrefs
+    return value
+
+
+@dataclass
+class _TensorState:
+    tensor: torch.Tensor
+    data: torch.Tensor  # an alias of the storage the tensor had (restores ``t.data = ...``)
+    version: int
+    clone: torch.Tensor | None
+
+
+class ModelSnapshot:
+    """Every module's attributes and every tensor of ``model``, to put back on failure.
+
+    Args:
+        model: the model about to be changed in place.
+        clone: also copy tensor values, for paths that change tensors in place
+            (bias folding). Without it, an in-place change makes :meth:`restore`
+            raise ``RuntimeError`` instead of restoring silently wrong values.
+    """
+
+    def __init__(self, model: nn.Module, *, clone: bool = False) -> None:
+        self.model = model
+        self.modules: list[tuple[nn.Module, dict[str, Any]]] = []
+        self.tensors: dict[int, _TensorState] = {}
+        for module in model.modules():
+            state = {key: _copy_value(value) for key, value in module.__dict__.items()}
+            self.modules.append((module, state))
+            for tensor in [*module._parameters.values(), *module._buffers.values()]:
+                if tensor is None or id(tensor) in self.tensors:
+                    continue
+                self.tensors[id(tensor)] = _TensorState(
+                    tensor=tensor,
+                    data=tensor.data,
+                    version=tensor._version,
+                    clone=tensor.detach().clone() if clone else None,
+                )
+
+    def restore(self) -> None:
+        """Put every module attribute and tensor back as it was at the snapshot."""
+        for module, state in self.modules:
+            module.__dict__.clear()
+            module.__dict__.update({key: _copy_value(value) for key, value in state.items()})
+        for saved in self.tensors.values():
+            tensor = saved.tensor
+            if tensor.data.data_ptr() != saved.data.data_ptr() or tensor.shape != saved.data.shape:
+                tensor.data = saved.data
+            if saved.clone is not None:
+                with torch.no_grad():
+                    tensor.data.copy_(saved.clone)
+            elif tensor._version != saved.version:
+                raise RuntimeError(
+                    "internal error: a tensor was changed in place but the snapshot holds no "
+                    "copy of it (use ModelSnapshot(model, clone=True) for this path)"
+                )
+
+
+class RunFailure(Exception):
+    """The changed model failed to run; ``where`` names the module whose forward failed."""
+
+    def __init__(self, where: str, error: BaseException | None, message: str) -> None:
+        super().__init__(message)
+        self.where = where
+        self.error = error
+
+
+@dataclass(frozen=True)
+class RunSignature:
+    """What one forward gives: the output shapes, and each leaf module's last output shape."""
+
+    outputs: list[tuple[int, ...]]
+    layers: dict[nn.Module, tuple[int, ...]]
+
+
+def _record_forward(model: nn.Module, example_inputs: Any) -> tuple[Any, dict[nn.Module, Any]]:
+    layers: dict[nn.Module, tuple[int, ...]] = {}
+
+    def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+        found = _tensors(tree_flatten(output)[0])
+        if found:
+            layers.pop(module, None)  # keep call order: a reused module moves to the end
+            layers[module] = tuple(found[0].shape)
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        return run_model(model, example_inputs), layers
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def signature(model: nn.Module, example_inputs: Any) -> RunSignature:
+    """The :class:`RunSignature` of ``model`` (eval mode, no grad; the mode is restored).
+
+    Inputs that do not fit the model give a ``ValueError``.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output, layers = _record_forward(model, example_inputs)
+    except Exception as error:
+        raise ValueError(
+            f"example_inputs cannot run through the model: {type(error).__name__}: {error}"
+        ) from error
+    finally:
+        model.train(was_training)
+    return RunSignature([tuple(t.shape) for t in _tensors(tree_flatten(output)[0])], layers)
+
+
+def _tensors(leaves: list[Any]) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            found.append(leaf)
+        elif hasattr(leaf, "to_tuple"):  # Hugging Face ModelOutput
+            found.extend(_tensors(tree_flatten(list(leaf.to_tuple()))[0]))
+    return found
+
+
+@contextlib.contextmanager
+def _active_modules(model: nn.Module) -> Iterator[list[str]]:
+    """The names of the modules whose forward is running, outermost first."""
+    names = {m: n for n, m in model.named_modules()}
+    stack: list[str] = []  # after a failure: the modules whose forward raised
+
+    def enter(module: nn.Module, _args: Any) -> None:
+        stack.append(names.get(module, type(module).__name__))
+
+    def leave(module: nn.Module, _args: Any, _out: Any) -> None:
+        if stack:
+            stack.pop()
+
+    handles = []
+    for module in model.modules():
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave))
+    try:
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _describe(model: nn.Module, path: list[str]) -> str:
+    if not path:
+        return "the model's forward"
+    name = path[-1]
+    module = dict(model.named_modules()).get(name)
+    kind = type(module).__name__ if module is not None else "?"
+    if name == "":
+        return f"the forward of the model itself ({kind}), outside any submodule"
+    return f"the forward of '{name}' ({kind})"
+
+
+def check_still_runs(model: nn.Module, example_inputs: Any, expected: RunSignature) -> None:
+    """Run ``model`` once; raise :class:`RunFailure` if it fails, if its outputs are not
+    finite, or if its output shapes differ from ``expected`` (naming the layer whose
+    output changed last before the model's output, the one to put in ``ignored_layers``)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with _active_modules(model) as deepest, torch.no_grad():
+            try:
+                output, layers = _record_forward(model, example_inputs)
+            except Exception as error:
+                where = _describe(model, list(deepest))
+                raise RunFailure(
+                    where, error, f"{where} failed: {type(error).__name__}: {error}"
+                ) from error
+    finally:
+        model.train(was_training)
+    tensors = _tensors(tree_flatten(output)[0])
+    shapes = [tuple(t.shape) for t in tensors]
+    if shapes != expected.outputs:
+        names = {m: n for n, m in model.named_modules()}
+        changed = [
+            m
+            for m, shape in layers.items()
+            if expected.layers.get(m) != shape and any(True for _ in m.parameters(recurse=False))
+        ]
+        where = f"'{names[changed[-1]]}' ({type(changed[-1]).__name__})" if changed else "?"
+        raise RunFailure(
+            where,
+            None,
+            f"the model's output shapes changed from {expected.outputs} to {shapes}; "
+            f"the last layer whose output changed is {where}",
+        )
+    for tensor in tensors:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise RunFailure("the model's output", None, "the model's output is not finite")
