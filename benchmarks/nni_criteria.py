@@ -214,7 +214,7 @@ def mask_stats(masks: dict[str, dict[str, torch.Tensor]], mode: str, sparsity: f
     per_layer, masked, channels, zero_weights, weights = {}, 0, 0, 0, 0
     for name, targets in masks.items():
         weight = targets.get("weight")
-        if weight is None:
+        if weight is None or weight.dim() < 2:  # CPMC also masks the norm layers' affine
             continue
         dead = int((~weight.flatten(1).bool().any(1)).sum())
         per_layer[name] = round(dead / weight.shape[0], 4)

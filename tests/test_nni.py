@@ -37,6 +37,11 @@ def kept(mask: torch.Tensor) -> torch.Tensor:
     return mask.flatten(1).any(1)
 
 
+def filters(masks):
+    """The masks of conv/linear weights (CPMC's masks also cover the norm layers)."""
+    return {n: m for n, m in masks.items() if m["weight"].dim() > 1}
+
+
 def masked_copy(model: nn.Module, masks) -> nn.Module:
     twin = copy.deepcopy(model)
     with torch.no_grad():
@@ -56,7 +61,7 @@ def group_masked_copy(model: nn.Module, masks, x: torch.Tensor) -> nn.Module:
     twin = copy.deepcopy(model)
     graph = tp.DependencyGraph().build_dependency(twin, x)
     with torch.no_grad():
-        for name, targets in masks.items():
+        for name, targets in filters(masks).items():
             layer = twin.get_submodule(name)
             dropped = torch.nonzero(~kept(targets["weight"])).flatten().tolist()
             if not dropped:
@@ -88,10 +93,20 @@ def test_masks_have_nni_shapes_and_coupled_channels_share_them() -> None:
     model = resnet18()
     masks = compress(model, GLOBAL)
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    assert set(masks) == set(convs)
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert set(masks) == set(convs) | set(norms)
     for name, conv in convs.items():
         assert masks[name]["weight"].shape == conv.weight.shape
         assert masks[name].get("bias") is None  # torchvision's convs have no bias
+    # the norm after each conv is masked exactly where the conv's filters are
+    for conv_name, norm_name in (("conv1", "bn1"), ("layer3.0.conv1", "layer3.0.bn1")):
+        rows = kept(masks[conv_name]["weight"]).float()
+        assert torch.equal(masks[norm_name]["weight"], rows)
+        assert torch.equal(masks[norm_name]["bias"], rows)
+    assert torch.equal(
+        masks["layer2.0.downsample.1"]["weight"],
+        kept(masks["layer2.0.downsample.0"]["weight"]).float(),
+    )
     # the residual adds tie these layers' output channels together
     for tied in (
         ["conv1", "layer1.0.conv2", "layer1.1.conv2"],
@@ -109,7 +124,7 @@ def test_global_ratio_is_met_caps_hold_and_layers_differ() -> None:
     config = [
         {"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 1, "max_sparse_ratio": 0.6}
     ]
-    masks = compress(net, config, x=X32)
+    masks = filters(compress(net, config, x=X32))
     ratios = {n: 1 - float(kept(m["weight"]).float().mean()) for n, m in masks.items()}
     total = sum(m["weight"].shape[0] for m in masks.values())
     removed = sum(int((~kept(m["weight"])).sum()) for m in masks.values())
@@ -120,7 +135,7 @@ def test_global_ratio_is_met_caps_hold_and_layers_differ() -> None:
 
 def test_local_ratio_and_caps_on_resnet18() -> None:
     model = resnet18()
-    masks = compress(model, GLOBAL)
+    masks = filters(compress(model, GLOBAL))
     for name, target in masks.items():
         assert 1 - float(kept(target["weight"]).float().mean()) <= 0.8 + 1e-9, name
     local = compress(resnet18(), [{"op_names": ["layer1.0.conv1"], "sparse_ratio": 0.25}])
@@ -165,8 +180,8 @@ def test_speedup_shrinks_and_equals_the_masked_model(arch: str) -> None:
     with torch.no_grad():
         out = model(x)
     torch.testing.assert_close(out, removed, rtol=1e-4, atol=1e-5)
-    if arch == "resnet18":
-        torch.testing.assert_close(out, nni_masked, rtol=1e-4, atol=1e-5)
+    # the masks cover the norms too, so NNI's masked model is the removed one
+    torch.testing.assert_close(out, nni_masked, rtol=1e-4, atol=1e-5)
 
 
 def test_flops_budget_is_met_after_speedup() -> None:
@@ -178,6 +193,21 @@ def test_flops_budget_is_met_after_speedup() -> None:
     speedup(model, masks, X64)
     after = tp.utils.count_ops_and_params(model, X64)[0]
     assert abs((1 - after / before) - 0.4) < 0.005
+
+
+def test_flops_mode_honours_max_sparse_ratio_per_layer() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    )  # fmt: skip
+    config = [
+        {"op_names": ["0"], "max_sparse_ratio": 0.0625},  # at most 1 of 16 filters
+        {"op_names": ["2", "4"], "max_sparse_ratio": 0.9},
+    ]
+    masks = compress(model, config, x=X32, flops_reduction=0.5)
+    assert int((~kept(masks["0"]["weight"])).sum()) <= 1
+    assert int((~kept(masks["2"]["weight"])).sum()) > 1
 
 
 def test_speedup_keeps_channels_tied_to_an_unmasked_layer() -> None:
@@ -309,3 +339,124 @@ def test_build_pruner_refuses_unknown_names_and_misplaced_options() -> None:
         build_pruner("SuperPruner", resnet18(), GLOBAL)
     with pytest.raises(ValueError, match=r"flops_reduction is a CPMCPruner option"):
         build_pruner("L1NormPruner", resnet18(), GLOBAL, flops_reduction=0.5)
+
+
+# ---------------------------------------------------------------------- NNI's own keys
+def blocks_alike(mask: torch.Tensor, blocks: int) -> bool:
+    rows = kept(mask).view(blocks, -1)
+    return bool((rows == rows[0]).all())
+
+
+def test_granularity_out_channel_is_what_cpmc_masks() -> None:
+    plain = compress(build(ARCHS[0]), [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], x=X32)
+    for granularity in ("out_channel", "default"):
+        config = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "granularity": granularity}]
+        masks = compress(build(ARCHS[0]), config, x=X32)
+        assert masks.keys() == plain.keys()
+        for name, targets in masks.items():
+            for target, mask in targets.items():
+                other = plain[name][target]
+                same = mask is other is None or torch.equal(mask, other)
+                assert same, (granularity, name, target)
+
+
+@pytest.mark.parametrize("granularity", ["in_channel", "per_channel", [1, -1]])
+def test_other_granularities_are_refused_and_the_model_untouched(granularity) -> None:
+    model = build(ARCHS[0])
+    snapshot = _snapshot(model)
+    config = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "granularity": granularity}]
+    with pytest.raises(
+        ValueError, match=r"granularity=.* is not what CPMCPruner does: it masks whole output"
+    ):
+        CPMCPruner(model, config, example_inputs=X32)
+    assert _same(model, snapshot)
+
+
+def test_internal_metric_block_scores_the_blocks_together() -> None:
+    """32 channels in 4 blocks of 8: a position's score is its mean over the 4 blocks, and
+    the 4 lowest positions go from every block (16 channels, sparse_ratio 0.5)."""
+    model = build(ARCHS[0])
+    config = [{"op_names": ["features.0.0"], "sparse_ratio": 0.5, "internal_metric_block": 4}]
+    pruner = CPMCPruner(model, config, example_inputs=X32)
+    score = pruner._collect_data()["units"]["0"]
+    lowest = torch.argsort(score.view(4, 8).mean(0), stable=True)[:4]
+    expected = sorted((lowest[None, :] + 8 * torch.arange(4)[:, None]).flatten().tolist())
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    weight = masks["features.0.0"]["weight"]
+    assert torch.nonzero(~kept(weight)).flatten().tolist() == expected
+    assert blocks_alike(weight, 4)
+    # the BN after the conv is masked at the same channels
+    assert torch.equal(masks["features.0.1"]["weight"], kept(weight).float())
+
+
+def test_internal_metric_block_under_a_flops_budget() -> None:
+    model = build(ARCHS[0])
+    before = tp.utils.count_ops_and_params(model, X32)[0]
+    config = [{"op_types": ["Conv2d"], "internal_metric_block": 4}]
+    masks = compress(model, config, x=X32, flops_reduction=0.4)
+    assert sum(int((~kept(m["weight"])).sum()) for m in filters(masks).values()) > 0
+    for name, target in filters(masks).items():
+        assert blocks_alike(target["weight"], 4), name
+    speedup(model, masks, X32)
+    reduction = 1 - tp.utils.count_ops_and_params(model, X32)[0] / before
+    assert abs(reduction - 0.4) < 0.02  # one position is 4 channels here
+
+
+def test_the_config_nni_writes_for_a_grouped_conv_is_honoured() -> None:
+    """``auto_set_denpendency_group_ids`` writes one entry per layer with a
+    ``dependency_group_id`` and, around a grouped conv, ``internal_metric_block``."""
+    from .test_nni_speedup_exact import XG, grouped_net, masked
+
+    model = grouped_net(0)
+    config = [
+        {"op_names": [name], "sparse_ratio": 0.5, "dependency_group_id": uid, **extra}
+        for name, uid, extra in (
+            ("conv1", "a1", {"internal_metric_block": 4}),
+            ("conv2", "b2", {"internal_metric_block": 4, "granularity": "out_channel"}),
+        )
+    ]
+    masks = compress(model, config, x=XG)
+    assert blocks_alike(masks["conv1"]["weight"], 4) and blocks_alike(masks["conv2"]["weight"], 4)
+    reference = masked(model, masks)
+    speedup(model, masks, XG)
+    assert (model.conv2.in_channels, model.conv2.out_channels, model.conv2.groups) == (4, 8, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(XG), reference(XG), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("block", "match"),
+    [
+        (3, r"32 output channels do not split into 3 equal blocks"),
+        (0, r"internal_metric_block must be a positive integer"),
+        (True, r"internal_metric_block must be a positive integer"),
+        (2.0, r"internal_metric_block must be a positive integer"),
+    ],
+)
+def test_internal_metric_blocks_that_do_not_fit_are_refused(block, match) -> None:
+    model = build(ARCHS[0])
+    snapshot = _snapshot(model)
+    config = [{"op_names": ["features.0.0"], "sparse_ratio": 0.5, "internal_metric_block": block}]
+    with pytest.raises(ValueError, match=match):
+        CPMCPruner(model, config, example_inputs=X32)
+    assert _same(model, snapshot)
+
+
+def test_a_global_pool_mixes_blocked_and_plain_layers() -> None:
+    """32 + 32 channels at sparse_ratio 0.5: 32 go, from features.0.0 only in whole
+    positions of its 4 blocks, and features.1.0 makes up the rest channel by channel."""
+    config = [
+        {
+            "op_names": ["features.0.0"],
+            "sparse_ratio": 0.5,
+            "global_group_id": "g",
+            "internal_metric_block": 4,
+        },
+        {"op_names": ["features.1.0"], "sparse_ratio": 0.5, "global_group_id": "g"},
+    ]
+    masks = compress(build(ARCHS[0]), config, x=X32)
+    first = int((~kept(masks["features.0.0"]["weight"])).sum())
+    second = int((~kept(masks["features.1.0"]["weight"])).sum())
+    assert first + second == 32
+    assert first % 4 == 0 and blocks_alike(masks["features.0.0"]["weight"], 4)

@@ -3,12 +3,20 @@
 The sparse-training regularizers decide per root channel of each group whether it
 may go (its weights are exactly zero); this module turns those decisions into
 torch-pruning removals, checks every one against the unchanged graph first, and
-only then prunes. Every group keeps at least one channel.
+only then prunes. Every group keeps at least one channel. :func:`prune_atomically`
+runs such a removal all or nothing: if the smaller model no longer runs on the
+example inputs, the model is put back exactly as it was and a ``ValueError`` says why.
+
+Grouped convolutions constrain which channels can go together. torch-pruning
+removes the input channels of a conv with ``groups=G`` by keeping the same local
+positions in each of its ``G`` groups, so a removal must take the same positions
+from every block (:func:`channel_blocks`, :func:`blocks_line_up`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +24,22 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ._atomic import ModelSnapshot, RunFailure, check_still_runs, signature
 from ._weight_groups import WeightGroups
 from .proximal import group_norms
 
-__all__ = ["Removal", "apply_removals", "plan_removal", "remove_small_groups", "validated"]
+__all__ = [
+    "Removal",
+    "align_to_blocks",
+    "apply_removals",
+    "blocks_line_up",
+    "channel_blocks",
+    "changed_layers",
+    "plan_removal",
+    "prune_atomically",
+    "remove_small_groups",
+    "validated",
+]
 
 
 @dataclass(frozen=True)
@@ -106,3 +126,146 @@ def remove_small_groups(
         if removal is not None:
             plan.append(removal)
     return apply_removals(graph, validated(graph, plan))
+
+
+# ---------------------------------------------------------------------- grouped convs
+def _is_depthwise(layer: nn.Module) -> bool:
+    """A conv whose every output channel reads one input channel of its own (torch-pruning
+    prunes its input and output channels together, so it adds no block structure)."""
+    return isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == layer.out_channels
+
+
+def channel_blocks(graph: tp.DependencyGraph, group: tp.Group) -> int:
+    """Into how many equal, contiguous blocks the group's root channels fall.
+
+    Every layer of the group whose pruner reports channel groups (a grouped conv, a
+    GroupNorm) contributes its number of groups, as torch-pruning's own pruners detect
+    them; depthwise convs are skipped, as there. The blocks are the least common
+    multiple (torch-pruning takes the largest, which is the same for the usual powers
+    of two). A removal takes the same positions from every block.
+    """
+    blocks = 1
+    for item in group:
+        layer = item.dep.target.module
+        if not isinstance(layer, nn.Module) or _is_depthwise(layer):
+            continue
+        pruner = graph.get_pruner_of_module(layer)
+        if pruner is None:
+            continue
+        if graph.is_out_channel_pruning_fn(item.dep.handler):
+            count = pruner.get_out_channel_groups(layer)
+        else:
+            count = pruner.get_in_channel_groups(layer)
+        if isinstance(count, int) and count > 1:
+            blocks = math.lcm(blocks, count)
+    return blocks
+
+
+def blocks_line_up(group: tp.Group, blocks: int) -> bool:
+    """Whether taking one position from every block removes, in each grouped conv of the
+    group, the same local channels from each of its conv groups (what torch-pruning needs).
+
+    True for the usual layouts (a conv feeding a grouped conv, a grouped conv's own
+    outputs); false where, e.g., a concatenation places a grouped conv's groups across
+    the root's blocks.
+    """
+    n = len(group[0].root_idxs)
+    if blocks <= 1:
+        return True
+    if n % blocks:
+        return False
+    size = n // blocks
+    position = {int(r): i for i, r in enumerate(group[0].root_idxs)}
+    for item in group:
+        layer = item.dep.target.module
+        if not isinstance(layer, nn.modules.conv._ConvNd) or layer.groups == 1:
+            continue
+        if _is_depthwise(layer):
+            continue
+        out = bool(group._DG.is_out_channel_pruning_fn(item.dep.handler))
+        per_group = (layer.out_channels if out else layer.in_channels) // layer.groups
+        at = {
+            position[int(r)]: int(i)
+            for i, r in zip(item.idxs, item.root_idxs, strict=True)
+            if int(r) in position
+        }
+        for j in range(size):
+            taken = [at[b * size + j] for b in range(blocks) if b * size + j in at]
+            if not taken:
+                continue
+            locals_by_group: dict[int, list[int]] = {g: [] for g in range(layer.groups)}
+            for idx in taken:
+                locals_by_group[idx // per_group].append(idx % per_group)
+            first = sorted(locals_by_group[0])
+            if any(sorted(v) != first for v in locals_by_group.values()):
+                return False
+    return True
+
+
+def align_to_blocks(remove: torch.Tensor, blocks: int) -> torch.Tensor:
+    """The root channels of ``remove`` whose position is chosen in every block; one
+    position stays in every block when all would go (a layer is never emptied)."""
+    if len(remove) % blocks:
+        return torch.zeros_like(remove)
+    per_position = remove.view(blocks, -1).all(0)
+    if bool(per_position.all()):
+        per_position[0] = False
+    return per_position.repeat(blocks)
+
+
+# ---------------------------------------------------------------------- all or nothing
+def _weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {
+        name: tuple(module.weight.shape)
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "weight", None), torch.Tensor)
+    }
+
+
+def changed_layers(before: dict[str, tuple[int, ...]], model: nn.Module) -> str:
+    """``"conv1 (8, 3, 3, 3) -> (5, 3, 3, 3), ..."``: the layers whose weight shape changed."""
+    now = _weight_shapes(model)
+    changed = [f"{n} {before[n]} -> {now[n]}" for n in before if n in now and now[n] != before[n]]
+    if not changed:
+        return "no layer"
+    shown = ", ".join(changed[:5])
+    return shown + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+
+
+def prune_atomically(
+    model: nn.Module,
+    example_inputs: Any,
+    prune: Callable[[], int],
+    *,
+    who: str,
+    hint: str,
+    clone: bool = False,
+) -> int:
+    """Run ``prune()`` (which changes ``model`` in place and returns how many channels
+    went), then run ``example_inputs`` through the model. If anything fails, or the
+    outputs' shapes changed or are not finite, put the model back exactly as it was
+    (module attributes and every tensor; ``clone=True`` for paths that change tensors
+    in place) and raise ``ValueError`` naming the failing layer or operation, the
+    layers that were changed, and ``hint`` (what to do).
+    """
+    try:
+        expected = signature(model, example_inputs)  # a ValueError if the inputs do not fit
+    except ValueError as error:
+        raise ValueError(f"{who}: {error}") from error
+    before = _weight_shapes(model)
+    snapshot = ModelSnapshot(model, clone=clone)
+    try:
+        removed = prune()
+        if removed:
+            check_still_runs(model, example_inputs, expected)
+    except RunFailure as failure:
+        changed = changed_layers(before, model)
+        snapshot.restore()
+        raise ValueError(
+            f"{who} was undone and the model left as it was: after removing channels "
+            f"({changed}), {failure}. {hint}"
+        ) from failure.error
+    except BaseException:
+        snapshot.restore()
+        raise
+    return removed

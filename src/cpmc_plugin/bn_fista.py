@@ -15,17 +15,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ._fold import Fold, apply_fold, layer_inputs, plan_folds, readers
 from ._groups import is_out_item
-from ._probe import build_graph, forward_once
-from ._removal import Removal, apply_removals, plan_removal, validated
-from .oicsr import ROOT_TYPES, check_ignored_layers, unwrap
+from ._probe import build_graph
+from ._removal import Removal, apply_removals, plan_removal, prune_atomically, validated
+from .oicsr import ROOT_TYPES, RUN_HINT, check_ignored_layers, unwrap
 from .proximal import check_finite_nonnegative, soft_threshold
 
 __all__ = ["BNFISTARegularizer"]
@@ -37,15 +37,6 @@ def _flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
-
-
-@dataclass(frozen=True)
-class _Fold:
-    """Add ``value`` times input column ``index`` of ``layer``'s weight to its bias."""
-
-    layer: nn.Module
-    index: int
-    value: float
 
 
 class BNFISTARegularizer:
@@ -230,41 +221,78 @@ class BNFISTARegularizer:
         each layer reading it is folded into that layer's bias (a Linear, or a conv
         without zero padding; a bias is created when the layer has none). A channel
         whose non-zero constant reaches a zero-padded conv cannot be folded exactly and
-        stays (a warning says how many). Every layer keeps at least one channel, and
-        channels that a grouped (not depthwise) conv reads or writes stay.
+        stays (a warning says how many and which layers). Every layer keeps at least one
+        channel, and channels that a grouped (not depthwise) conv reads or writes stay.
         A ``DistributedDataParallel`` wrapper must be rebuilt afterwards.
+
+        All or nothing: the pruned model is run on ``example_inputs``; if that fails (a
+        channel count hard-coded in the forward) or its output shapes change, the model
+        and the regularizer are put back exactly as they were before the call and a
+        ``ValueError`` names the failing layer.
         """
-        self.finalize()
         inner = unwrap(self.model)
+        state = (dict(self._sparse), dict(self._point), dict(self._t))
+        kept: list[str] = []
+
+        def prune() -> int:
+            self.finalize()
+            removed, warning = self._remove_zero_channels(inner, example_inputs)
+            kept[:] = [warning] if warning else []
+            return removed
+
+        try:
+            removed = prune_atomically(
+                inner,
+                example_inputs,
+                prune,
+                who="BNFISTARegularizer.prune_zero_channels",
+                hint=RUN_HINT,
+                clone=True,  # finalize() and the folds change tensors in place
+            )
+        except BaseException:
+            self._sparse, self._point, self._t = state
+            raise
+        for warning in kept:
+            warnings.warn(warning, stacklevel=3)  # past torch.no_grad's wrapper, to the caller
+        return removed
+
+    def _remove_zero_channels(
+        self, inner: nn.Module, example_inputs: Any
+    ) -> tuple[int, str | None]:
+        """Fold and remove the zero-scale channels; ``(removed, warning about kept ones)``."""
         graph = build_graph(inner, example_inputs)
         groups = list(
             graph.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES)
         )
         candidates = [(group, self._zero_scale(group)) for group in groups]
         candidates = [(group, zero) for group, zero in candidates if bool(zero.any())]
-        readers = {item.dep.target.module for group, _ in candidates for item in _readers(group)}
-        inputs = _layer_inputs(inner, readers, example_inputs)
-        plan: list[tuple[Removal, list[_Fold]]] = []
+        consumers = {item.dep.target.module for group, _ in candidates for item in readers(group)}
+        inputs = layer_inputs(inner, consumers, example_inputs)
+        names = {m: n for n, m in inner.named_modules()}
+        plan: list[tuple[Removal, list[Fold]]] = []
         unfoldable = 0
+        blockers: set[str] = set()
         for group, zero in candidates:
-            foldable, folds = _folds(group, zero, inputs)
-            unfoldable += int((zero & ~foldable).sum())
-            removal = plan_removal(group, zero & foldable, torch.zeros(len(zero)))
+            folds = plan_folds(group, zero, inputs)
+            unfoldable += int((zero & ~folds.foldable).sum())
+            blockers.update(names.get(m, "?") for ms in folds.blockers.values() for m in ms)
+            removal = plan_removal(group, zero & folds.foldable, torch.zeros(len(zero)))
             if removal is not None:
-                plan.append((removal, [f for at, f in folds if at in removal.positions]))
+                plan.append((removal, [f for at, f in folds.folds if at in removal.positions]))
         accepted = validated(graph, [removal for removal, _ in plan])
         for removal, folds_of_removal in plan:
             if removal in accepted:
                 for fold in folds_of_removal:
-                    _apply_fold(fold)
+                    apply_fold(fold)
+        warning = None
         if unfoldable:
-            warnings.warn(
+            warning = (
                 f"{unfoldable} channels with zero BatchNorm scale were kept: their constant "
                 "output reaches a zero-padded convolution (or a layer that is not a conv or "
-                "linear), where it cannot be folded into a bias exactly",
-                stacklevel=3,  # past torch.no_grad's wrapper, to the caller
+                "linear), where it cannot be folded into a bias exactly; read by "
+                f"{', '.join(sorted(blockers))}"
             )
-        return apply_removals(graph, accepted)
+        return apply_removals(graph, accepted), warning
 
     def _zero_scale(self, group: tp.Group) -> torch.Tensor:
         """Per root channel: every BatchNorm of the group has scale exactly 0 there."""
@@ -289,92 +317,3 @@ class BNFISTARegularizer:
 def _against(point: torch.Tensor, x: torch.Tensor, previous: torch.Tensor) -> bool:
     """O'Donoghue and Candes' gradient restart test: ``(y_{k-1} - x_k) . (x_k - x_{k-1}) > 0``."""
     return float(((point - x) * (x - previous)).sum()) > 0
-
-
-def _readers(group: tp.Group) -> list[tp.Dependency]:
-    """The group's in-channel items on layers that only read the channel (not produce it)."""
-    producers = {item.dep.target.module for item in group if is_out_item(group, item.dep.handler)}
-    return [
-        item
-        for item in group
-        if not is_out_item(group, item.dep.handler) and item.dep.target.module not in producers
-    ]
-
-
-def _layer_inputs(
-    model: nn.Module, layers: set[nn.Module], example_inputs: Any
-) -> dict[nn.Module, torch.Tensor | None]:
-    """The input of every layer on ``example_inputs`` (``None`` for a layer called twice)."""
-    seen: dict[nn.Module, list[torch.Tensor]] = {layer: [] for layer in layers}
-
-    def record(layer: nn.Module, args: tuple[Any, ...]) -> None:
-        if args and isinstance(args[0], torch.Tensor):
-            seen[layer].append(args[0].detach())
-
-    handles = [layer.register_forward_pre_hook(record) for layer in layers]
-    try:
-        forward_once(model, example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {layer: (found[0] if len(found) == 1 else None) for layer, found in seen.items()}
-
-
-def _constant(layer: nn.Module, inputs: torch.Tensor | None, index: int) -> float | None:
-    """The value input channel ``index`` of ``layer`` holds everywhere, if it is constant."""
-    if inputs is None:
-        return None
-    column = inputs[..., index] if isinstance(layer, nn.Linear) else inputs[:, index]
-    first = column.flatten()[0]
-    return float(first) if bool((column == first).all()) else None
-
-
-def _can_fold(layer: nn.Module) -> bool:
-    """A constant input channel adds a constant per output: a Linear, an unpadded conv."""
-    if isinstance(layer, nn.Linear):
-        return True
-    if isinstance(layer, nn.modules.conv._ConvNd) and not layer.transposed:
-        padding = layer.padding
-        return padding == "valid" or (not isinstance(padding, str) and not any(padding))
-    return False
-
-
-def _folds(
-    group: tp.Group, zero: torch.Tensor, inputs: dict[nn.Module, torch.Tensor | None]
-) -> tuple[torch.Tensor, list[tuple[int, _Fold]]]:
-    """Which zero-scale root channels can go, and the folds (by root position) they need."""
-    position = {int(r): i for i, r in enumerate(group[0].root_idxs)}
-    foldable = zero.clone()
-    folds: list[tuple[int, _Fold]] = []
-    for item in _readers(group):
-        layer = item.dep.target.module
-        for idx, root in zip(item.idxs, item.root_idxs, strict=True):
-            at = position.get(int(root))
-            if at is None or not bool(zero[at]):
-                continue
-            value = _constant(layer, inputs.get(layer), int(idx))
-            if value is None or (value != 0 and not _can_fold(layer)):
-                foldable[at] = False
-            elif value != 0:
-                folds.append((at, _Fold(layer, int(idx), value)))
-    return foldable, folds
-
-
-@torch.no_grad()
-def _apply_fold(fold: _Fold) -> None:
-    """``bias += value * (what input column index adds to every output)``."""
-    layer = fold.layer
-    weight = layer.weight
-    assert isinstance(weight, torch.Tensor)
-    if isinstance(layer, nn.Linear):
-        added = weight[:, fold.index] * fold.value
-    else:
-        assert isinstance(layer, nn.modules.conv._ConvNd)
-        per_group_in, per_group_out = weight.shape[1], weight.shape[0] // layer.groups
-        g, local = divmod(fold.index, per_group_in)
-        added = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
-        rows = slice(g * per_group_out, (g + 1) * per_group_out)
-        added[rows] = weight[rows, local].flatten(1).sum(1) * fold.value
-    if layer.bias is None:
-        layer.bias = nn.Parameter(torch.zeros_like(added))
-    layer.bias.add_(added)

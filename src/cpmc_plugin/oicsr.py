@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ._probe import build_graph
-from ._removal import remove_small_groups
+from ._removal import prune_atomically, remove_small_groups
 from ._weight_groups import WeightGroups
 from .proximal import (
     check_finite_nonnegative,
@@ -32,6 +32,11 @@ from .proximal import (
 __all__ = ["OICSRImportance", "OICSRRegularizer"]
 
 ROOT_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+#: what to try when a pruned model no longer runs (shared by the sparse-training removals)
+RUN_HINT = (
+    "Put the layer whose output channels the failing operation reads (one of those above; "
+    "e.g. a channel count hard-coded in a view of the forward) in ignored_layers"
+)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -159,11 +164,25 @@ class OICSRRegularizer:
         so the model computes the same function. Every layer keeps at least one
         channel. Returns the number of channels removed. A model wrapped in
         ``DistributedDataParallel`` must be wrapped again afterwards.
+
+        All or nothing: the pruned model is run on the example inputs; if that fails (a
+        channel count hard-coded in the forward) or its output shapes change, the model is
+        put back exactly as it was and a ``ValueError`` names the failing layer.
         """
         limit = check_finite_nonnegative("tolerance", tolerance)
-        graph = self._trace()
-        groups = self._all_groups(graph)
-        removed = remove_small_groups(graph, groups, kinds=("out", "in"), limit=limit)
+
+        def prune() -> int:
+            graph = self._trace()
+            groups = self._all_groups(graph)
+            return remove_small_groups(graph, groups, kinds=("out", "in"), limit=limit)
+
+        removed = prune_atomically(
+            unwrap(self.model),
+            self.example_inputs,
+            prune,
+            who="OICSRRegularizer.prune_zero_groups",
+            hint=RUN_HINT,
+        )
         if removed:
             self.update()
         return removed

@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 
 from ._probe import build_graph
-from ._removal import remove_small_groups
+from ._removal import prune_atomically, remove_small_groups
 from ._weight_groups import WeightGroups
-from .oicsr import ROOT_TYPES, OICSRImportance, check_ignored_layers, unwrap
+from .oicsr import ROOT_TYPES, RUN_HINT, OICSRImportance, check_ignored_layers, unwrap
 from .proximal import (
     check_finite_nonnegative,
     group_norms,
@@ -310,12 +310,25 @@ class SSRRegularizer:
         Such a channel outputs zero (its filters, bias, norm scale and shift are zero), so
         the model computes the same function. Every layer keeps at least one channel.
         Returns the number of channels removed; ``Z`` and ``U`` restart afterwards.
+
+        All or nothing: the pruned model is run on the example inputs; if that fails (a
+        channel count hard-coded in the forward) or its output shapes change, the model is
+        put back exactly as it was and a ``ValueError`` names the failing layer.
         """
-        graph = build_graph(unwrap(self.model), self.example_inputs)
-        groups = list(
-            graph.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES)
+        inner = unwrap(self.model)
+
+        def prune() -> int:
+            graph = build_graph(inner, self.example_inputs)
+            groups = list(
+                graph.get_all_groups(
+                    ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES
+                )
+            )
+            return remove_small_groups(graph, groups, kinds=_OUT, limit=0.0)
+
+        removed = prune_atomically(
+            inner, self.example_inputs, prune, who="SSRRegularizer.prune_zero_groups", hint=RUN_HINT
         )
-        removed = remove_small_groups(graph, groups, kinds=_OUT, limit=0.0)
         if removed:
             self.update()
         return removed

@@ -1,4 +1,14 @@
-"""Checks of an NNI ``config_list`` for CPMC, before NNI wraps anything."""
+"""Checks of an NNI ``config_list`` for CPMC, before NNI wraps anything.
+
+Accepted: the selectors, ``sparse_ratio``, ``max_sparse_ratio``, ``min_sparse_ratio``,
+``global_group_id``, ``dependency_group_id``, ``granularity`` (``'out_channel'``, what
+CPMC masks, or ``'default'``, which NNI resolves to it for weights) and
+``internal_metric_block`` (the layer's output channels form that many equal blocks,
+as NNI's ``auto_set_denpendency_group_ids`` writes for grouped convs; CPMC scores a
+position as the mean over the blocks and removes it from every block). Refused, with
+the reason: keys that describe masks CPMC does not make (``sparse_threshold``,
+``align``, ``apply_method``, ``target_names``, ``target_settings``).
+"""
 
 from __future__ import annotations
 
@@ -20,20 +30,22 @@ SUPPORTED_KEYS = frozenset(
         "min_sparse_ratio",
         "global_group_id",
         "dependency_group_id",
+        "granularity",
+        "internal_metric_block",
     }
 )
 #: NNI keys that make no sense for whole-channel CPMC masks
 UNSUPPORTED_KEYS = frozenset(
     {
         "sparse_threshold",
-        "granularity",
         "align",
-        "internal_metric_block",
         "apply_method",
         "target_names",
         "target_settings",
     }
 )
+#: the granularities CPMC's masks have: whole output channels (NNI's default for weights)
+GRANULARITIES = ("default", "out_channel")
 
 
 def _ratio(config: dict[str, Any], key: str, *, low_open: bool, high_open: bool) -> None:
@@ -47,6 +59,29 @@ def _ratio(config: dict[str, Any], key: str, *, low_open: bool, high_open: bool)
         ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
     if not ok:
         raise ValueError(f"{key} must be {allowed}, got {value!r}")
+
+
+def _granularity(config: dict[str, Any]) -> None:
+    value = config.get("granularity", "default")
+    if isinstance(value, str) and value in GRANULARITIES:
+        return
+    raise ValueError(
+        f"granularity={value!r} is not what CPMCPruner does: it masks whole output channels "
+        "(rows of a weight), NNI's granularity 'out_channel' (also its 'default' for weights); "
+        "'in_channel', 'per_channel' and block shapes mask other structures. Use "
+        "granularity='out_channel' or leave it out"
+    )
+
+
+def _block(config: dict[str, Any]) -> None:
+    if "internal_metric_block" not in config:
+        return
+    value = config["internal_metric_block"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"internal_metric_block must be a positive integer (the number of equal blocks a "
+            f"layer's output channels are scored and pruned in), got {value!r}"
+        )
 
 
 def check_config_list(config_list: Any, *, budget_given: bool) -> None:
@@ -75,6 +110,8 @@ def check_config_list(config_list: Any, *, budget_given: bool) -> None:
             raise ValueError(f"{why}; supported keys: {', '.join(sorted(SUPPORTED_KEYS))}")
         if not any(k in config for k in SELECTORS):
             raise ValueError(f"a config needs one of {', '.join(SELECTORS)}: {config!r}")
+        _granularity(config)
+        _block(config)
         _ratio(config, "sparse_ratio", low_open=False, high_open=True)
         _ratio(config, "max_sparse_ratio", low_open=True, high_open=False)
         _ratio(config, "min_sparse_ratio", low_open=False, high_open=True)

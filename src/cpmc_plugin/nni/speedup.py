@@ -1,17 +1,42 @@
-"""Shrink a model physically from NNI masks, through torch-pruning (works on current torch)."""
+"""Shrink a model physically from NNI masks, through torch-pruning (works on current torch).
+
+The smaller model computes what the masked model computes. A channel whose filters
+are masked out still emits a constant in the masked model (its bias, or its norm
+layer's shift, through the activations), and the next layers read it. When the
+masks also zero the norm layer's weight and bias (as :class:`~cpmc_plugin.nni.CPMCPruner`'s
+masks do) that constant is 0 and the channel simply goes. Otherwise the constant is
+folded into the biases of the layers that read it where that is exact (a Linear, a
+conv without zero padding; :mod:`cpmc_plugin._fold`), and the channel stays, masked,
+where it is not (a zero-padded conv), with a warning naming the layers.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
+import torch_pruning as tp
+from torch.utils._pytree import tree_flatten
 
-from .._probe import build_graph
+from .._fold import Fold, apply_fold, layer_inputs, plan_folds, readers
+from .._groups import repair_concat_mappings
+from .._probe import build_graph, forward_once
+from .._removal import align_to_blocks, blocks_line_up, channel_blocks, prune_atomically
 from ..importance import ROOT_TYPES
 
 __all__ = ["speedup"]
+
+#: how far the smaller model's outputs may be from the masked model's (relative to their size)
+TOLERANCE = 1e-4
+_HINT = (
+    "Exclude the layer whose output channels the failing operation reads (one of those "
+    "above; e.g. a channel count hard-coded in a view of the forward) from config_list "
+    "(exclude_op_names), or leave its channels unmasked, then compute the masks again"
+)
 
 
 def _out_dim(module: nn.Module) -> int:
@@ -58,29 +83,168 @@ def _dropped_channels(module: nn.Module, masks: dict[str, torch.Tensor]) -> set[
     return set(torch.nonzero(~alive).flatten().tolist())
 
 
+def _masked_out(
+    graph: tp.DependencyGraph, group: tp.Group, dropped: dict[nn.Module, set[int]]
+) -> torch.Tensor:
+    """Per root channel: every conv/linear layer producing it has its filter masked out."""
+    root = group[0]
+    removable = torch.ones(len(root.idxs), dtype=torch.bool)
+    position = {int(r): k for k, r in enumerate(root.root_idxs)}
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, nn.Module) or not isinstance(module, ROOT_TYPES):
+            continue
+        if not graph.is_out_channel_pruning_fn(item.dep.handler):
+            continue
+        gone = dropped.get(module, set())
+        for r, i in zip(item.root_idxs, item.idxs, strict=True):
+            if i not in gone and int(r) in position:
+                removable[position[int(r)]] = False
+    return removable
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Channels ``idxs`` of the root layer ``name`` to remove, with their group's handler."""
+
+    module: nn.Module
+    handler: Any
+    idxs: tuple[int, ...]
+    name: str
+
+
+@dataclass
+class _Plan:
+    steps: list[_Step] = field(default_factory=list)
+    folds: list[Fold] = field(default_factory=list)
+    kept_for_constants: dict[str, int] = field(default_factory=dict)
+    blockers: set[str] = field(default_factory=set)
+    kept_for_blocks: dict[str, int] = field(default_factory=dict)
+
+
+def _plan(
+    model: nn.Module,
+    graph: tp.DependencyGraph,
+    checked: dict[nn.Module, dict[str, torch.Tensor]],
+    example_inputs: Any,
+) -> _Plan:
+    """What to remove and fold, on the masked model (nothing is changed here)."""
+    names = {m: n for n, m in model.named_modules()}
+    dropped = {m: _dropped_channels(m, t) for m, t in checked.items()}
+    plan = _Plan()
+    candidates: list[tuple[tp.Group, torch.Tensor, int]] = []
+    for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
+        removable = _masked_out(graph, group, dropped)
+        if not bool(removable.any()):
+            continue
+        name = names.get(group[0].dep.target.module, "?")
+        blocks = channel_blocks(graph, group)
+        if not blocks_line_up(group, blocks):
+            plan.kept_for_blocks[name] = int(removable.sum())
+            continue
+        candidates.append((group, removable, blocks))
+    consumers = {item.dep.target.module for group, _, _ in candidates for item in readers(group)}
+    inputs = layer_inputs(model, consumers, example_inputs)
+    for group, removable, blocks in candidates:
+        root = group[0]
+        name = names.get(root.dep.target.module, "?")
+        folds = plan_folds(group, removable, inputs)
+        unfoldable = int((removable & ~folds.foldable).sum())
+        if unfoldable:
+            plan.kept_for_constants[name] = unfoldable
+            plan.blockers.update(names.get(m, "?") for ms in folds.blockers.values() for m in ms)
+        candidate = removable & folds.foldable
+        in_every_block = candidate.view(blocks, -1).all(0).repeat(blocks)
+        misaligned = int(candidate.sum()) - int(in_every_block.sum())
+        if misaligned:
+            plan.kept_for_blocks[name] = misaligned
+        chosen = align_to_blocks(candidate, blocks)  # and one position stays in every block
+        if not bool(chosen.any()):
+            continue
+        idxs = tuple(root.idxs[k] for k in torch.nonzero(chosen).flatten().tolist())
+        plan.steps.append(_Step(root.dep.target.module, root.dep.handler, idxs, name))
+        plan.folds.extend(fold for at, fold in folds.folds if bool(chosen[at]))
+    return plan
+
+
+def _outputs(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
+    leaves = tree_flatten(forward_once(model, example_inputs))[0]
+    return [t.detach().clone() for t in leaves if isinstance(t, torch.Tensor)]
+
+
+def _largest_difference(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    worst = 0.0
+    for a, b in zip(before, after, strict=True):
+        if a.is_floating_point() and a.numel():
+            scale = max(1.0, float(a.abs().max()))
+            worst = max(worst, float((a - b).abs().max()) / scale)
+    return worst
+
+
+def _warn_kept(plan: _Plan) -> None:
+    if plan.kept_for_constants:
+        count = sum(plan.kept_for_constants.values())
+        where = ", ".join(f"{n} ({k})" for n, k in plan.kept_for_constants.items())
+        readers_ = ", ".join(sorted(plan.blockers))
+        warnings.warn(
+            f"speedup kept {count} masked channels of {where}: in the masked model they emit "
+            f"a constant (a bias or the norm layer's shift) that {readers_} "
+            "read, and no bias there reproduces it (a zero-padded conv sees it only inside the "
+            "border). They stay, masked, so the smaller model still computes what the masked "
+            "model computes. To remove them, mask the weight and bias of the norm layer after "
+            "each masked filter too (cpmc_plugin.nni.CPMCPruner's masks do)",
+            stacklevel=4,  # past speedup and torch.no_grad's wrapper, to the caller
+        )
+    if plan.kept_for_blocks:
+        count = sum(plan.kept_for_blocks.values())
+        where = ", ".join(f"{n} ({k})" for n, k in plan.kept_for_blocks.items())
+        warnings.warn(
+            f"speedup kept {count} masked channels of {where}: a grouped conv reads or writes "
+            "them, and torch-pruning can only remove the same positions from each of its "
+            "groups. Mask the same positions in every conv group to remove them (NNI: "
+            "internal_metric_block; cpmc_plugin.nni.CPMCPruner does this by itself)",
+            stacklevel=4,
+        )
+
+
 @torch.no_grad()
-def speedup(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]], example_inputs: Any):
+def speedup(
+    model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]], example_inputs: Any
+) -> nn.Module:
     """Remove the output channels that ``masks`` zero out, in place; return ``model``.
 
     ``masks`` is NNI's ``{module_name: {target_name: mask}}`` (as ``pruner.compress()``
     returns; call ``pruner.unwrap_model()`` first). Every mask is applied to its tensor,
     then a channel whose filter is masked out entirely goes, through torch-pruning's
     dependency graph, together with everything tied to it (the norm layer after it,
-    the next layers' inputs). A channel that a residual add or concatenation ties to
-    a layer whose mask keeps it stays, with its masked weights at zero. The result
-    computes what the masked model computes, except that a removed channel no longer
-    passes on the constant its norm layer's shift would add.
+    the next layers' inputs). The result computes what the masked model computes:
+
+    - a channel that a residual add or concatenation ties to a layer whose mask keeps
+      it stays, with its masked weights at zero;
+    - the constant a removed channel emits in the masked model (its bias, or its norm
+      layer's shift, unless the masks zero them too) is folded into the biases of the
+      layers that read it; where no bias can reproduce it (a zero-padded conv) the
+      channel stays, masked, and a warning names the layers;
+    - a grouped conv loses the same positions from each of its groups; masked channels
+      that break that pattern stay (warned).
+
+    The smaller model's outputs on ``example_inputs`` are compared with the masked
+    model's; a warning says by how much they differ if they do (e.g. a GroupNorm over
+    the removed channels). All or nothing: if torch-pruning fails, or the smaller
+    model no longer runs on ``example_inputs`` (a channel count hard-coded in the
+    forward), or its output shapes change, the model is put back exactly as it was,
+    unmasked, and a ``ValueError`` names the layer.
 
     Raises:
         ValueError: masks that name unknown modules or tensors, do not fit their
-            tensor's shape, are not 0/1, or a model still wrapped by NNI. Nothing is
-            changed then.
+            tensor's shape, are not 0/1, a model still wrapped by NNI, or a smaller
+            model that would not run. Nothing is changed then.
 
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
         ...                           torch.nn.Conv2d(8, 4, 3))
-        >>> mask = torch.ones(8, 3, 3, 3); mask[:3] = 0
+        >>> mask = torch.ones(8, 3, 3, 3); mask[:3] = 0   # the bias stays: folded into net[2]
         >>> _ = speedup(net, {"0": {"weight": mask}}, torch.randn(1, 3, 8, 8))
         >>> net[0].out_channels, net[2].in_channels
         (5, 5)
@@ -91,32 +255,47 @@ def speedup(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]], e
             f"the model is still wrapped by NNI ({wrapped[0]}); call pruner.unwrap_model() first"
         )
     checked = _checked(model, masks)
-    graph = build_graph(model, example_inputs)
-    dropped = {m: _dropped_channels(m, t) for m, t in checked.items()}
-    plan = []
-    for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
-        root = group[0]
-        removable = torch.ones(len(root.idxs), dtype=torch.bool)
-        position = {int(r): k for k, r in enumerate(root.root_idxs)}
-        for item in group:
-            module = item.dep.target.module
-            if not isinstance(module, nn.Module) or not isinstance(module, ROOT_TYPES):
-                continue
-            if not graph.is_out_channel_pruning_fn(item.dep.handler):
-                continue
-            gone = dropped.get(module, set())
-            pairs = zip(item.root_idxs, item.idxs, strict=True)
-            keep = [position[int(r)] for r, i in pairs if i not in gone]
-            removable[keep] = False
-        if bool(removable.all()):
-            removable[0] = False  # a layer keeps one channel (its weights stay masked to zero)
-        if bool(removable.any()):
-            idxs = [root.idxs[k] for k in torch.nonzero(removable).flatten().tolist()]
-            plan.append((root.dep.target.module, root.dep.handler, idxs))
-    for module, targets in checked.items():
-        for target, mask in targets.items():
-            getattr(module, target).mul_(mask.to(getattr(module, target).dtype))
-    for module, handler, idxs in plan:
-        # one group at a time, so that index mappings through concatenations stay current
-        graph.get_pruning_group(module, handler, idxs).prune()
+    state: dict[str, Any] = {}
+
+    def shrink() -> int:
+        for module, targets in checked.items():
+            for target, mask in targets.items():
+                getattr(module, target).mul_(mask.to(getattr(module, target).dtype))
+        state["masked"] = _outputs(model, example_inputs)
+        graph = build_graph(model, example_inputs)
+        repair_concat_mappings(graph)
+        plan = _plan(model, graph, checked, example_inputs)
+        state["plan"] = plan
+        for fold in plan.folds:
+            apply_fold(fold)
+        removed = 0
+        for step in plan.steps:
+            # one group at a time, so that index mappings through concatenations stay current
+            group = graph.get_pruning_group(step.module, step.handler, list(step.idxs))
+            try:
+                if not graph.check_pruning_group(group):
+                    raise RuntimeError("torch-pruning refuses the group (it would empty a layer)")
+                group.prune()
+            except Exception as error:
+                raise ValueError(
+                    f"speedup was undone and the model left as it was: torch-pruning failed "
+                    f"to remove {len(step.idxs)} channels of {step.name}: "
+                    f"{type(error).__name__}: {error}. Exclude {step.name} from config_list "
+                    "(exclude_op_names) or leave its channels unmasked"
+                ) from error
+            removed += len(step.idxs)
+        return removed
+
+    prune_atomically(model, example_inputs, shrink, who="speedup", hint=_HINT, clone=True)
+    plan = state["plan"]
+    _warn_kept(plan)
+    difference = _largest_difference(state["masked"], _outputs(model, example_inputs))
+    if difference > TOLERANCE:
+        warnings.warn(
+            f"speedup: the smaller model's outputs differ from the masked model's by up to "
+            f"{difference:.3g} (relative to the outputs' size) on example_inputs. Some "
+            "operation reads the removed channels in a way the dependency graph does not "
+            "follow (e.g. a GroupNorm or LayerNorm over them, or a mean over channels)",
+            stacklevel=3,
+        )
     return model
