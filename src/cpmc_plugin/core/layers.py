@@ -1,0 +1,48 @@
+"""Layer type families the package dispatches on, and ``unwrap`` for DDP models.
+
+Example:
+    >>> import torch.nn as nn
+    >>> isinstance(nn.Conv2d(1, 2, 3), ROOT_TYPES), isinstance(nn.ReLU(), ROOT_TYPES)
+    (True, False)
+    >>> net = nn.Linear(2, 2)
+    >>> unwrap(nn.DataParallel(net)) is net, unwrap(net) is net
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+__all__ = ["AFFINE_TYPES", "NORM_TYPES", "POOLING_TYPES", "ROOT_TYPES", "unwrap"]
+
+#: layers whose output channels start a pruning group (convolutions of any kind, Linear)
+ROOT_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+
+#: per-channel affine layers: their scale and shift go with the channel they act on
+AFFINE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.PReLU,
+)
+
+#: normalisations with one scale per channel (BatchNorm and InstanceNorm, any dimension)
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+#: pooling layers: they keep the channel count and shrink only the spatial size
+POOLING_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel``, else ``model``."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
