@@ -2,7 +2,7 @@
 
 Protocol (one process; CPU unless ``--device`` finds a GPU for the training loops):
 
-1. Baseline, once per model: ``--epochs`` of ``cpmc_plugin.cli.training.fit`` (SGD
+1. Baseline, once per model: ``--epochs`` of ``cpmc_plugin.training.fit`` (SGD
    momentum 0.9, weight decay 5e-4, cosine learning rate from ``--lr``, batch 128, the
    augmentation of ``cpmc_plugin.data``) on ``--train-subset`` training images (seeded
    selection, as ``make_loaders`` draws it). The state dict is cached in
@@ -18,7 +18,7 @@ Protocol (one process; CPU unless ``--device`` finds a GPU for the training loop
    ``--grid-model``, ``--other-rates`` for the other models.
 3. Test accuracy (``--test-subset`` images of the test split, the same for every row):
    right after pruning ("no-FT"); after BatchNorm recalibration
-   (``cpmc_plugin.cli.training.recalibrate_bn`` over ``--calib-batches`` batches of 128
+   (``cpmc_plugin.training.recalibrate_bn`` over ``--calib-batches`` batches of 128
    un-augmented training images, the same for every row: "BN-recal"); and after a fixed
    fine-tune of the recalibrated model (``fit`` for ``--finetune-epochs`` on
    ``--finetune-subset`` images of the training subset, cosine from ``--finetune-lr``),
@@ -96,13 +96,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import ROOT, provenance  # noqa: E402
 from _tiny_models import FAMILIES, build_model  # noqa: E402
 
-import cpmc_plugin.cli.training as training  # noqa: E402
+import cpmc_plugin.training as training  # noqa: E402
 from cpmc_plugin import CPMCPruner, get_preset  # noqa: E402
-from cpmc_plugin.cli.training import Distributed, accuracy, fit, recalibrate_bn  # noqa: E402
-from cpmc_plugin.criteria import CRITERIA, make_importance, needs_gradients  # noqa: E402
+from cpmc_plugin.core.presets import DEFAULT_ALPHA, DEFAULT_BETA  # noqa: E402
 from cpmc_plugin.data import dataset_info, load_dataset, make_loaders  # noqa: E402
 from cpmc_plugin.models import create_model, list_models  # noqa: E402
-from cpmc_plugin.presets import DEFAULT_ALPHA, DEFAULT_BETA  # noqa: E402
+from cpmc_plugin.torch_pruning.criteria import CRITERIA, make_importance, needs_gradients  # noqa: E402
+from cpmc_plugin.training import Distributed, accuracy, fit, recalibrate_bn  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "criteria.json"
 CACHE_DIR = ROOT / "benchmarks" / "results" / "cache"

@@ -2,7 +2,7 @@
 
 Protocol (one process, CPU; Fashion-MNIST from the Debian package, 28x28, 10 classes):
 
-1. Baseline: ``resnet20`` (``--model``) trained with ``cpmc_plugin.cli.training.fit``
+1. Baseline: ``resnet20`` (``--model``) trained with ``cpmc_plugin.training.fit``
    (SGD momentum 0.9, weight decay 5e-4, cosine learning rate from ``--lr``, batch 128)
    for ``--epochs`` on ``--train-subset`` training images (seeded subset). Cached in
    ``benchmarks/results/cache/`` (``--no-cache`` retrains).
@@ -68,9 +68,9 @@ from cpmc_plugin import (  # noqa: E402
     attach_auxiliary_classifiers,
     make_regularizer,
 )
-from cpmc_plugin.cli.training import accuracy, distributed, fit, recalibrate_bn  # noqa: E402
 from cpmc_plugin.data import make_loaders  # noqa: E402
 from cpmc_plugin.models import create_model  # noqa: E402
+from cpmc_plugin.training import accuracy, distributed, fit, recalibrate_bn  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "sparse_training.json"
 CACHE_DIR = ROOT / "benchmarks" / "results" / "cache"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpmc_plugin.budget import ChannelGroup, CostTerm, UnreachableBudgetError, plan_removal
-from cpmc_plugin.functional import combine_criteria, normalize
-from cpmc_plugin.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset, list_presets
+from cpmc_plugin.core.budget import ChannelGroup, CostTerm, UnreachableBudgetError, plan_removal
+from cpmc_plugin.core.cpmc import combine_criteria, normalize
+from cpmc_plugin.core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset, list_presets
 
 
 def test_normalizers_known_answers() -> None:
@@ -104,7 +104,7 @@ def test_cost_term_with_three_dims_is_refused() -> None:
 
 def test_lowest_cost_is_the_cost_at_every_floor() -> None:
     setup = two_layers([0.5, 0.1, 0.9, 0.3], [0.2, 0.6])
-    from cpmc_plugin.budget import lowest_cost
+    from cpmc_plugin.core.budget import lowest_cost
 
     assert lowest_cost(**setup) == 28.0  # a keeps 1 of 4, b keeps 1 of 2: 8 + 4 + 6 + 10
 

@@ -8,8 +8,8 @@
 
 The rules are read from the source (every import statement, at any depth, under
 ``TYPE_CHECKING`` too) of the ``cpmc_plugin`` that Python imports. Each rule is
-checked on the folders already laid out (``core/``, ``torch_pruning/``), which must
-pass now, and on the whole package, which fails until the move is done.
+checked on the first folders laid out (``core/``, ``torch_pruning/``) and on the
+whole package.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 HOSTS = ("torch_pruning", "nni")
-BEFORE_THE_MOVE = pytest.mark.xfail(strict=True, reason="issue 12: before the move")
 ALLOWED_IN_CORE = frozenset(sys.stdlib_module_names) | {"torch"}
 
 
@@ -87,7 +86,7 @@ def _modules_under(scope: tuple[str, ...]) -> dict[str, Path]:
 LAID_OUT = ("core", "torch_pruning")
 SCOPES = [
     pytest.param(LAID_OUT, id="laid-out"),
-    pytest.param((), id="package", marks=BEFORE_THE_MOVE),
+    pytest.param((), id="package"),
 ]
 
 
@@ -137,7 +136,6 @@ def test_core_modules_import_without_the_hosts():
     assert done.stdout.split() == ["ok", str(count)], done.stdout
 
 
-@BEFORE_THE_MOVE
 def test_core_imports_without_the_hosts():
     """``import cpmc_plugin.core`` through the real (lazy) package ``__init__``."""
     done = _import_core(stub_parent=False)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cpmc_plugin.proximal import group_shrink_factors, soft_threshold, top_k_factors
+from cpmc_plugin.core.proximal import group_shrink_factors, soft_threshold, top_k_factors
 
 
 def apply_factors(groups: list[torch.Tensor], factors: torch.Tensor) -> list[torch.Tensor]:

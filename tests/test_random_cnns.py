@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from cpmc_plugin import CPMCPruner
-from cpmc_plugin.budget import ChannelGroup, CostTerm, plan_removal
+from cpmc_plugin.core.budget import ChannelGroup, CostTerm, plan_removal
 from tests.random_cnns import BLOCKS, random_case, random_cnn
 
 TOL = 0.005
@@ -186,7 +186,7 @@ class ConcatIntoFlatten(nn.Module):
 
 
 def test_concat_flattened_into_linear_maps_each_segment() -> None:
-    from cpmc_plugin._groups import repair_concat_mappings
+    from cpmc_plugin.torch_pruning.graph import repair_concat_mappings
 
     torch.manual_seed(0)
     model, x = ConcatIntoFlatten(), torch.randn(1, 3, 8, 8)
@@ -286,7 +286,7 @@ class ConcatIntoGroupedConv(nn.Module):
 
 
 def test_grouped_conv_reading_a_concat_is_left_whole() -> None:
-    from cpmc_plugin._groups import misaligned_grouped_conv
+    from cpmc_plugin.torch_pruning._coupling import misaligned_grouped_conv
 
     torch.manual_seed(0)
     model, x = ConcatIntoGroupedConv(), torch.randn(1, 3, 8, 8)
@@ -327,7 +327,7 @@ class SplitIntoReusedConv(nn.Module):
 
 
 def test_split_into_a_reused_conv_couples_the_two_pieces() -> None:
-    from cpmc_plugin._groups import hidden_coupling
+    from cpmc_plugin.torch_pruning._coupling import hidden_coupling
 
     torch.manual_seed(0)
     model, x = SplitIntoReusedConv(), torch.randn(1, 3, 6, 6)
@@ -489,7 +489,7 @@ class Unbatched(nn.Module):
 
 
 def test_calls_of_a_forward_that_raised_are_not_recorded() -> None:
-    from cpmc_plugin._probe import record_calls
+    from cpmc_plugin.core.probe import record_calls
 
     model = Unbatched()
     with record_calls(model) as calls:
@@ -532,7 +532,7 @@ class GatedHalves(nn.Module):
 
 @pytest.mark.parametrize("metric", ["macs", "params"])
 def test_gated_halves_of_one_conv_go_together(metric: str) -> None:
-    from cpmc_plugin._groups import hidden_coupling
+    from cpmc_plugin.torch_pruning._coupling import hidden_coupling
 
     torch.manual_seed(0)
     model, x = GatedHalves(), torch.randn(1, 3, 8, 8)

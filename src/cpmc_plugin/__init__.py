@@ -12,20 +12,68 @@ Example:
     True
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from .auxiliary import AuxiliaryClassifiers, attach_auxiliary_classifiers, combined_loss
-from .bn_fista import BNFISTARegularizer
-from .budget import UnreachableBudgetError
-from .functional import NORMALIZERS, combine_criteria, normalize
-from .importance import CPMCImportance
-from .io import load_pruned, save_pruned
-from .oicsr import OICSRImportance, OICSRRegularizer
-from .presets import CPMCPreset, get_preset, list_presets
-from .pruner import CPMCPruner
-from .report import LayerChannels, PruneReport
-from .sparse import SPARSE_METHODS, SparseRegularizer, make_regularizer
-from .ssr import SSRImportance, SSRRegularizer
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they load lazily
+    from .core.budget import UnreachableBudgetError
+    from .core.cpmc import NORMALIZERS, combine_criteria, normalize
+    from .core.presets import CPMCPreset, get_preset, list_presets
+    from .core.report import LayerChannels, PruneReport
+    from .sparse.auxiliary import AuxiliaryClassifiers, attach_auxiliary_classifiers, combined_loss
+    from .sparse.bn_fista import BNFISTARegularizer
+    from .sparse.factory import SPARSE_METHODS, make_regularizer
+    from .sparse.oicsr import OICSRImportance, OICSRRegularizer
+    from .sparse.protocol import SparseRegularizer
+    from .sparse.ssr import SSRImportance, SSRRegularizer
+    from .torch_pruning.history import load_pruned, save_pruned
+    from .torch_pruning.importance import CPMCImportance
+    from .torch_pruning.pruner import CPMCPruner
+
+#: public name -> the module (relative to this package) that defines it. A name is
+#: imported on first access (PEP 562), so ``import cpmc_plugin.core`` loads no host.
+_EXPORTS: dict[str, str] = {
+    "CPMCPruner": ".torch_pruning.pruner",
+    "CPMCImportance": ".torch_pruning.importance",
+    "load_pruned": ".torch_pruning.history",
+    "save_pruned": ".torch_pruning.history",
+    "NORMALIZERS": ".core.cpmc",
+    "combine_criteria": ".core.cpmc",
+    "normalize": ".core.cpmc",
+    "CPMCPreset": ".core.presets",
+    "get_preset": ".core.presets",
+    "list_presets": ".core.presets",
+    "UnreachableBudgetError": ".core.budget",
+    "LayerChannels": ".core.report",
+    "PruneReport": ".core.report",
+    "SPARSE_METHODS": ".sparse.factory",
+    "make_regularizer": ".sparse.factory",
+    "SparseRegularizer": ".sparse.protocol",
+    "OICSRImportance": ".sparse.oicsr",
+    "OICSRRegularizer": ".sparse.oicsr",
+    "SSRImportance": ".sparse.ssr",
+    "SSRRegularizer": ".sparse.ssr",
+    "BNFISTARegularizer": ".sparse.bn_fista",
+    "AuxiliaryClassifiers": ".sparse.auxiliary",
+    "attach_auxiliary_classifiers": ".sparse.auxiliary",
+    "combined_loss": ".sparse.auxiliary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 try:
     __version__ = version("cpmc-plugin")

@@ -1,29 +1,13 @@
-"""The CPMC formulas as plain tensor functions (no torch-pruning or NNI import).
+"""Moved to :mod:`cpmc_plugin.core.cpmc`; this path stays for existing imports."""
 
-Every host adapter (the torch-pruning importance, the NNI pruner) calls these, so
-each formula of ``docs/methods.md`` lives in exactly one place:
-
-- eq. 3: :func:`channel_norm` gives ``||W||_p^p`` per channel of one weight slice;
-- eq. 4: :func:`normalize` is the per-layer (per-group) normalization of E;
-- eq. 6 and 7: :func:`combine_criteria` divides P and F by their global maxima and
-  forms ``I = E_hat + alpha * (1 - P/P_max) + beta * (1 - F/F_max)``.
-
-Example:
-    >>> import torch
-    >>> normalize(torch.tensor([1.0, 3.0, 2.0]), "max-min")
-    tensor([0.0000, 1.0000, 0.5000])
-    >>> combine_criteria(torch.tensor([0.0, 1.0]), torch.tensor([10.0, 5.0]),
-    ...                  torch.tensor([4.0, 4.0]), params_max=10.0, macs_max=8.0,
-    ...                  alpha=1.0, beta=1.0)
-    tensor([0.5000, 2.0000])
-"""
-
-from __future__ import annotations
-
-import math
-from typing import Literal, get_args
-
-import torch
+from .core.cpmc import (
+    NORMALIZERS,
+    Normalizer,
+    channel_norm,
+    combine_criteria,
+    normalize,
+    validate_criterion_options,
+)
 
 __all__ = [
     "NORMALIZERS",
@@ -33,105 +17,3 @@ __all__ = [
     "normalize",
     "validate_criterion_options",
 ]
-
-Normalizer = Literal["max-min", "l2", "max"]
-NORMALIZERS: tuple[str | None, ...] = (*get_args(Normalizer), None)
-
-
-def validate_criterion_options(
-    *, alpha: float, beta: float, p: float, normalizer: str | None
-) -> None:
-    """Raise ``ValueError`` unless the CPMC options are usable.
-
-    Example:
-        >>> validate_criterion_options(alpha=0.1, beta=0.1, p=1, normalizer="l2")
-        >>> validate_criterion_options(alpha=-1, beta=0, p=1, normalizer="l2")
-        Traceback (most recent call last):
-        ...
-        ValueError: alpha must be a finite number >= 0, got -1
-    """
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"p must be a number, got {type(p).__name__}")
-    if not math.isfinite(p) or p <= 0:
-        raise ValueError(f"p must be a finite number > 0, got {p}")
-    if normalizer not in NORMALIZERS:
-        allowed = ", ".join(repr(n) for n in NORMALIZERS)
-        raise ValueError(f"unknown normalizer {normalizer!r}; allowed: {allowed}")
-
-
-def channel_norm(weight: torch.Tensor, p: float, dim: int | tuple[int, ...] = 0) -> torch.Tensor:
-    """``||W_c||_p^p`` for every index ``c`` along ``dim`` of ``weight`` (summing all others).
-
-    Example:
-        >>> channel_norm(torch.tensor([[1.0, -2.0], [3.0, 0.0]]), p=1)
-        tensor([3., 3.])
-        >>> channel_norm(torch.tensor([[1.0, -2.0], [3.0, 0.0]]), p=2, dim=1)
-        tensor([10.,  4.])
-    """
-    keep = (dim,) if isinstance(dim, int) else dim
-    keep = tuple(d % weight.dim() for d in keep) if weight.dim() else ()
-    others = tuple(d for d in range(weight.dim()) if d not in keep)
-    magnitude = weight.detach().abs()
-    if p == 2:
-        magnitude = magnitude.square()
-    elif p != 1:
-        magnitude = magnitude.pow(p)
-    return (magnitude.sum(dim=others) if others else magnitude).float()
-
-
-def normalize(values: torch.Tensor, method: str | None) -> torch.Tensor:
-    """Normalize one layer's (one group's) weight values E (methods.md eq. 4).
-
-    ``"max-min"``: ``(E - min) / (max - min)``; ``"l2"``: ``E / ||E||_2``;
-    ``"max"``: ``E / max``; ``None``: unchanged. A layer whose values are all equal
-    (or all zero) maps to zeros, never to NaN or Inf.
-    """
-    values = values.float()
-    if method is None:
-        return values.clone()
-    if method == "max-min":
-        low = values.min()
-        span = values.max() - low
-        if not torch.isfinite(span) or span <= 0:
-            return torch.zeros_like(values)
-        return (values - low) / span
-    if method == "l2":
-        norm = torch.linalg.vector_norm(values)
-        return values / norm if norm > 0 else torch.zeros_like(values)
-    if method == "max":
-        top = values.abs().max()
-        return values / top if top > 0 else torch.zeros_like(values)
-    allowed = ", ".join(repr(n) for n in NORMALIZERS)
-    raise ValueError(f"unknown normalizer {method!r}; allowed: {allowed}")
-
-
-def combine_criteria(
-    weight_value: torch.Tensor,
-    params: torch.Tensor,
-    macs: torch.Tensor,
-    *,
-    params_max: float,
-    macs_max: float,
-    alpha: float,
-    beta: float,
-) -> torch.Tensor:
-    """Final CPMC importance ``I = E_hat + alpha*(1 - P/P_max) + beta*(1 - F/F_max)``.
-
-    ``weight_value`` is the normalized E of each channel; ``params`` and ``macs`` are
-    what removing each channel saves; ``params_max``/``macs_max`` are the largest such
-    values over all prunable channels of the model (methods.md eq. 6 and 7). A zero
-    maximum (nothing costs anything) leaves that criterion at its neutral value 1.
-    """
-    score = weight_value.float().clone()
-    if alpha:
-        p_hat = params.float() / params_max if params_max > 0 else torch.zeros_like(score)
-        score += alpha * (1.0 - p_hat)
-    if beta:
-        f_hat = macs.float() / macs_max if macs_max > 0 else torch.zeros_like(score)
-        score += beta * (1.0 - f_hat)
-    return score

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
-from ..io import _plain_history
 from ..models import create_model
+from ..torch_pruning.history import _plain_history
+from ..torch_pruning.host import DependencyGraph
 
 __all__ = ["FORMAT", "Checkpoint", "example_inputs_for"]
 
@@ -80,7 +80,7 @@ class Checkpoint:
         """The model: the architecture, pruned as recorded, with the saved weights."""
         model = create_model(self.model_name, **self.model_kwargs)
         if self.pruning_history:
-            graph = tp.DependencyGraph().build_dependency(model, self.example_inputs)
+            graph = DependencyGraph().build_dependency(model, self.example_inputs)
             graph.load_pruning_history(copy.deepcopy(self.pruning_history))
         try:
             model.load_state_dict(self.state_dict)

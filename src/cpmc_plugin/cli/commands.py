@@ -21,15 +21,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch_pruning as tp
 
-from ..auxiliary import AuxiliaryClassifiers, attach_auxiliary_classifiers
-from ..criteria import CRITERIA, needs_gradients
+from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, list_presets
 from ..data import dataset_info, list_datasets, make_loaders
 from ..models import create_model, list_models
-from ..presets import DEFAULT_ALPHA, DEFAULT_BETA, list_presets
-from ..pruner import CPMCPruner
-from ..sparse import SPARSE_METHODS, SparseRegularizer, make_regularizer
+from ..sparse.auxiliary import AuxiliaryClassifiers, attach_auxiliary_classifiers
+from ..sparse.factory import SPARSE_METHODS, make_regularizer
+from ..sparse.protocol import SparseRegularizer
+from ..torch_pruning.counting import count_ops_and_params
+from ..torch_pruning.criteria import CRITERIA, needs_gradients
+from ..torch_pruning.pruner import CPMCPruner
+from ..training import Distributed, accuracy, distributed, fit
 from . import report as reporting
 from .checkpoint import Checkpoint
 from .settings import (
@@ -39,7 +41,6 @@ from .settings import (
     resolve_threads,
     seed_everything,
 )
-from .training import Distributed, accuracy, distributed, fit
 
 __all__ = ["DEFAULT_FLOPS_REDUCTION", "HelpFormatter", "build_parser", "main", "prune_model"]
 
@@ -129,7 +130,7 @@ def _loaders(ckpt: Checkpoint, args: argparse.Namespace, env: Distributed) -> tu
 
 
 def _counts(model: nn.Module, ckpt: Checkpoint) -> tuple[int, int]:
-    macs, params = tp.utils.count_ops_and_params(model, ckpt.example_inputs)
+    macs, params = count_ops_and_params(model, ckpt.example_inputs)
     return int(macs), int(params)
 
 

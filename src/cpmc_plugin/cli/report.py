@@ -25,14 +25,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import torch_pruning as tp  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from ..criteria import needs_gradients  # noqa: E402
+from ..torch_pruning.counting import count_ops_and_params  # noqa: E402
+from ..torch_pruning.criteria import needs_gradients  # noqa: E402
+from ..training import accuracy, recalibrate_bn  # noqa: E402
 from .checkpoint import Checkpoint  # noqa: E402
 from .settings import CriterionSettings  # noqa: E402
-from .training import accuracy, recalibrate_bn  # noqa: E402
 
 __all__ = [
     "BN_BATCHES",
@@ -193,8 +193,8 @@ def write_report(
     """
     out.mkdir(parents=True, exist_ok=True)
     base_model, final_model = baseline.build(), final.build()
-    base_macs, base_params = tp.utils.count_ops_and_params(base_model, baseline.example_inputs)
-    macs, params = tp.utils.count_ops_and_params(final_model, final.example_inputs)
+    base_macs, base_params = count_ops_and_params(base_model, baseline.example_inputs)
+    macs, params = count_ops_and_params(final_model, final.example_inputs)
     base = {"params": int(base_params), "macs": int(base_macs)}
     base_acc = accuracy(base_model, test, CPU)
     rows = [

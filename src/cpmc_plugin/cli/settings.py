@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch_pruning as tp
 
-from ..criteria import make_importance
-from ..importance import CPMCImportance
-from ..presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
+from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
+from ..torch_pruning.criteria import make_importance
+from ..torch_pruning.host import Importance
+from ..torch_pruning.importance import CPMCImportance
 
 __all__ = [
     "DEMO_MAX_THREADS",
@@ -140,7 +140,7 @@ class CriterionSettings:
             given=tuple(options),
         )
 
-    def importance(self, example_inputs: Any) -> tp.importance.Importance:
+    def importance(self, example_inputs: Any) -> Importance:
         """The torch-pruning importance these settings describe."""
         if not self.is_cpmc:
             return make_importance(self.criterion, example_inputs)

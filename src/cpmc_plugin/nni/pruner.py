@@ -12,18 +12,17 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 from nni.compression.base.compressor import Pruner
 from nni.compression.base.config import select_modules_by_config
 
-from .._groups import repair_concat_mappings
-from .._probe import build_graph
-from .._removal import blocks_line_up, channel_blocks
-from ..functional import validate_criterion_options
-from ..importance import ROOT_TYPES, CPMCImportance
-from ..presets import DEFAULT_ALPHA, DEFAULT_BETA
-from ..pruner import CPMCPruner as _TorchCPMCPruner
-from ..pruner import _fraction
+from ..core.cpmc import validate_criterion_options
+from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA
+from ..torch_pruning.graph import build_graph, repair_concat_mappings
+from ..torch_pruning.host import DependencyGraph, Group
+from ..torch_pruning.importance import ROOT_TYPES, CPMCImportance
+from ..torch_pruning.pruner import CPMCPruner as _TorchCPMCPruner
+from ..torch_pruning.pruner import _fraction
+from ..torch_pruning.removal import blocks_line_up, channel_blocks
 from .config import check_config_list
 
 __all__ = ["CPMCPruner"]
@@ -41,7 +40,7 @@ NORM_TYPES: tuple[type, ...] = (
 class _Unit:
     """Channels pruned together: a torch-pruning group, or several tied by a dependency id."""
 
-    groups: list[tp.Group]
+    groups: list[Group]
     producers: list[str]  # selected conv/linear layers whose output channels these are
     size: int
     sparse_ratio: float
@@ -387,7 +386,7 @@ class CPMCPruner(Pruner):
         return removed
 
     def _producer_items(
-        self, group: tp.Group, layers: dict[str, nn.Module] | None = None
+        self, group: Group, layers: dict[str, nn.Module] | None = None
     ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         """``(layer name, its channel indices, positions in the group)`` of the group's
         out-channel items on ``layers`` (default: the selected producers)."""
@@ -486,7 +485,7 @@ def _remove_lowest_positions(
     blocks). Unit ``i`` loses at least ``min_remove[i]`` and at most ``max_remove[i]``
     positions: its lowest go first, then the globally lowest of the remaining candidates
     while they fit into ``count``. With every weight 1 this is
-    :func:`cpmc_plugin.budget.remove_lowest`. Returns the removed positions per unit, sorted.
+    :func:`cpmc_plugin.core.budget.remove_lowest`. Returns the removed positions per unit, sorted.
 
     Example:
         >>> a, b = torch.tensor([0.1, 0.9, 0.2]), torch.tensor([0.05, 0.3])
@@ -531,7 +530,7 @@ def _check_selection(model: nn.Module, config_list: list[dict[str, Any]]) -> Non
                 )
 
 
-def _norms_in_groups(model: nn.Module, graph: tp.DependencyGraph) -> dict[str, nn.Module]:
+def _norms_in_groups(model: nn.Module, graph: DependencyGraph) -> dict[str, nn.Module]:
     """The affine per-channel norm layers whose channels some conv/linear group owns."""
     found: set[nn.Module] = set()
     for group in graph.get_all_groups(root_module_types=ROOT_TYPES):

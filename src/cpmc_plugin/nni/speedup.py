@@ -6,7 +6,7 @@ layer's shift, through the activations), and the next layers read it. When the
 masks also zero the norm layer's weight and bias (as :class:`~cpmc_plugin.nni.CPMCPruner`'s
 masks do) that constant is 0 and the channel simply goes. Otherwise the constant is
 folded into the biases of the layers that read it where that is exact (a Linear, a
-conv without zero padding; :mod:`cpmc_plugin._fold`), and the channel stays, masked,
+conv without zero padding; :mod:`cpmc_plugin.torch_pruning.fold`), and the channel stays, masked,
 where it is not (a zero-padded conv), with a warning naming the layers.
 """
 
@@ -19,14 +19,15 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 from torch.utils._pytree import tree_flatten
 
-from .._fold import Fold, apply_fold, layer_inputs, plan_folds, readers
-from .._groups import repair_concat_mappings
-from .._probe import build_graph, forward_once
-from .._removal import align_to_blocks, blocks_line_up, channel_blocks, prune_atomically
-from ..importance import ROOT_TYPES
+from ..core.atomic import prune_atomically
+from ..core.probe import forward_once
+from ..torch_pruning.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
+from ..torch_pruning.graph import build_graph, repair_concat_mappings
+from ..torch_pruning.host import DependencyGraph, Group
+from ..torch_pruning.importance import ROOT_TYPES
+from ..torch_pruning.removal import align_to_blocks, blocks_line_up, channel_blocks
 
 __all__ = ["speedup"]
 
@@ -84,7 +85,7 @@ def _dropped_channels(module: nn.Module, masks: dict[str, torch.Tensor]) -> set[
 
 
 def _masked_out(
-    graph: tp.DependencyGraph, group: tp.Group, dropped: dict[nn.Module, set[int]]
+    graph: DependencyGraph, group: Group, dropped: dict[nn.Module, set[int]]
 ) -> torch.Tensor:
     """Per root channel: every conv/linear layer producing it has its filter masked out."""
     root = group[0]
@@ -124,7 +125,7 @@ class _Plan:
 
 def _plan(
     model: nn.Module,
-    graph: tp.DependencyGraph,
+    graph: DependencyGraph,
     checked: dict[nn.Module, dict[str, torch.Tensor]],
     example_inputs: Any,
 ) -> _Plan:
@@ -132,7 +133,7 @@ def _plan(
     names = {m: n for n, m in model.named_modules()}
     dropped = {m: _dropped_channels(m, t) for m, t in checked.items()}
     plan = _Plan()
-    candidates: list[tuple[tp.Group, torch.Tensor, int]] = []
+    candidates: list[tuple[Group, torch.Tensor, int]] = []
     for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
         removable = _masked_out(graph, group, dropped)
         if not bool(removable.any()):

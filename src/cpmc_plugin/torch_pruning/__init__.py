@@ -4,8 +4,7 @@ Other folders reach the host through the modules here, e.g. its types through
 :mod:`cpmc_plugin.torch_pruning.host` and the root-index map through
 :mod:`cpmc_plugin.torch_pruning.indexing`. Import a name from the module that
 defines it. This ``__init__`` stays lazy (PEP 562): ``_EXPORTS`` maps a public name
-to the module that defines it, imported on first access; it is empty until the
-adapter's modules move here (issue 12).
+to the module that defines it, imported on first access.
 """
 
 from __future__ import annotations
@@ -13,10 +12,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__: list[str] = []
-
 #: public name -> the module (relative to this package) that defines it
-_EXPORTS: dict[str, str] = {}
+_EXPORTS: dict[str, str] = {
+    "CPMCImportance": ".importance",
+    "CPMCPruner": ".pruner",
+    "CRITERIA": ".criteria",
+    "load_pruned": ".history",
+    "make_importance": ".criteria",
+    "needs_gradients": ".criteria",
+    "save_pruned": ".history",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ._groups import is_out_item
-from ._probe import forward_once
+from ..core.probe import forward_once
+from .group_stats import is_out_item
 
 __all__ = [
     "Fold",

@@ -4,7 +4,7 @@ A *filter group* is everything that produces one channel: the filter rows of the
 conv/linear layers a residual add or concatenation ties together, their biases and
 the scale and shift of the norms after them. Groups come from torch-pruning's
 ``DependencyGraph``; unlike OICSR's out-in groups they do not overlap, so the
-proximal maps act group by group (formulas in :mod:`cpmc_plugin.proximal`):
+proximal maps act group by group (formulas in :mod:`cpmc_plugin.core.proximal`):
 
 - ``kind="l21"``: ``lam * sum_g w_g ||W_g||_2`` (group lasso), prox = group soft-thresholding;
 - ``kind="l20"``: at most ``keep`` non-zero groups, prox = keep the ``keep`` largest.
@@ -23,17 +23,18 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from ._probe import build_graph
-from ._removal import prune_atomically, remove_small_groups
-from ._weight_groups import WeightGroups
-from .oicsr import ROOT_TYPES, RUN_HINT, OICSRImportance, check_ignored_layers, unwrap
-from .proximal import (
+from ..core.atomic import prune_atomically
+from ..core.proximal import (
     check_finite_nonnegative,
     group_norms,
     group_shrink_factors,
     group_size_weights,
     top_k_factors,
 )
+from ..torch_pruning.graph import build_graph
+from ..torch_pruning.removal import remove_small_groups
+from ..torch_pruning.weight_groups import WeightGroups
+from .oicsr import ROOT_TYPES, RUN_HINT, OICSRImportance, check_ignored_layers, unwrap
 
 __all__ = ["SSRImportance", "SSRRegularizer"]
 
@@ -348,7 +349,7 @@ class SSRImportance(OICSRImportance):
         >>> with torch.no_grad():
         ...     _ = net[0].weight.copy_(torch.tensor([[1., 0, 0], [3., 0, 0]]).view(2, 3, 1, 1))
         ...     _ = net[0].bias.copy_(torch.tensor([0., 4.]))
-        >>> from cpmc_plugin._probe import build_graph
+        >>> from cpmc_plugin.torch_pruning.graph import build_graph
         >>> graph = build_graph(net, torch.randn(1, 3, 4, 4))
         >>> SSRImportance()(graph.get_pruning_group(net[0], graph.get_pruner_of_module(
         ...     net[0]).prune_out_channels, [0, 1]))      # 1^2 + 0^2, 3^2 + 4^2

@@ -26,31 +26,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import torch
 import torch.nn as nn
 
 from .bn_fista import BNFISTARegularizer
 from .oicsr import OICSRRegularizer
+from .protocol import SparseRegularizer
 from .ssr import SSRRegularizer
 
-__all__ = ["SPARSE_METHODS", "SparseRegularizer", "make_regularizer"]
-
-
-@runtime_checkable
-class SparseRegularizer(Protocol):
-    """What a training loop needs from a sparse-training regularizer."""
-
-    def penalty(self) -> torch.Tensor: ...
-
-    def add_penalty(self, loss: torch.Tensor, *batch: Any) -> torch.Tensor: ...
-
-    def regularize(self, model: nn.Module | None = None) -> None: ...
-
-    def proximal_step(self, lr: float) -> int: ...
-
-    def finalize(self) -> None: ...
+__all__ = ["SPARSE_METHODS", "make_regularizer"]
 
 
 #: sparse-training methods by name (``cpmc-prune train --sparse``)

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 __all__ = [
-    "build_graph",
-    "describe_host_failure",
     "ModuleCall",
     "channel_dim",
+    "forward_once",
     "positions_by_module",
     "probe_positions",
-    "forward_once",
     "record_calls",
     "run_model",
 ]
+
 
 _POOLING = (
     nn.modules.pooling._MaxPoolNd,
@@ -163,41 +160,3 @@ def probe_positions(
     with record_calls(model) as calls:
         forward_once(model, example_inputs, runner)
     return positions_by_module(calls)
-
-
-def describe_host_failure(error: BaseException) -> str:
-    """A ``ValueError`` message for a failure inside torch-pruning's graph tracing.
-
-    It says that the model itself ran (the caller checked), quotes the host's
-    exception with the host function it came from, and says what the user can do.
-    """
-    frames = traceback.extract_tb(error.__traceback__)
-    host = [f for f in frames if "torch_pruning" in f.filename.replace("\\", "/")]
-    where = f" in torch_pruning's {host[-1].name}()" if host else ""
-    return (
-        "the model runs on example_inputs, but torch-pruning's DependencyGraph failed to "
-        f"trace it: {type(error).__name__}: {error}{where}. The host cannot follow some "
-        "channel operation of this model (for example a channel shuffle: a reshape and "
-        "transpose across the channel dimension). Wrap that operation in an nn.Module and "
-        "register a customized pruner for it (customized_pruners={ModuleType: pruner}), "
-        "or keep the layers around it out of the pruned set (ignored_layers)"
-    )
-
-
-def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of ``model``, traced in eval mode.
-
-    Tracing in eval mode leaves BatchNorm running statistics alone; the model's
-    train/eval mode is restored. Inputs that cannot run give a ``ValueError``, and so
-    does a model that runs but that the host cannot trace (the message says which).
-    """
-    forward_once(model, example_inputs)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs)
-    except Exception as error:
-        raise ValueError(describe_host_failure(error)) from error
-    finally:
-        model.train(was_training)

@@ -16,7 +16,7 @@ from every block (:func:`channel_blocks`, :func:`blocks_line_up`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ._atomic import ModelSnapshot, RunFailure, check_still_runs, signature
-from ._weight_groups import WeightGroups
-from .proximal import group_norms
+from ..core.proximal import group_norms
+from .weight_groups import WeightGroups
 
 __all__ = [
     "Removal",
@@ -34,9 +33,7 @@ __all__ = [
     "apply_removals",
     "blocks_line_up",
     "channel_blocks",
-    "changed_layers",
     "plan_removal",
-    "prune_atomically",
     "remove_small_groups",
     "validated",
 ]
@@ -211,61 +208,3 @@ def align_to_blocks(remove: torch.Tensor, blocks: int) -> torch.Tensor:
     if bool(per_position.all()):
         per_position[0] = False
     return per_position.repeat(blocks)
-
-
-# ---------------------------------------------------------------------- all or nothing
-def _weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {
-        name: tuple(module.weight.shape)
-        for name, module in model.named_modules()
-        if isinstance(getattr(module, "weight", None), torch.Tensor)
-    }
-
-
-def changed_layers(before: dict[str, tuple[int, ...]], model: nn.Module) -> str:
-    """``"conv1 (8, 3, 3, 3) -> (5, 3, 3, 3), ..."``: the layers whose weight shape changed."""
-    now = _weight_shapes(model)
-    changed = [f"{n} {before[n]} -> {now[n]}" for n in before if n in now and now[n] != before[n]]
-    if not changed:
-        return "no layer"
-    shown = ", ".join(changed[:5])
-    return shown + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-
-
-def prune_atomically(
-    model: nn.Module,
-    example_inputs: Any,
-    prune: Callable[[], int],
-    *,
-    who: str,
-    hint: str,
-    clone: bool = False,
-) -> int:
-    """Run ``prune()`` (which changes ``model`` in place and returns how many channels
-    went), then run ``example_inputs`` through the model. If anything fails, or the
-    outputs' shapes changed or are not finite, put the model back exactly as it was
-    (module attributes and every tensor; ``clone=True`` for paths that change tensors
-    in place) and raise ``ValueError`` naming the failing layer or operation, the
-    layers that were changed, and ``hint`` (what to do).
-    """
-    try:
-        expected = signature(model, example_inputs)  # a ValueError if the inputs do not fit
-    except ValueError as error:
-        raise ValueError(f"{who}: {error}") from error
-    before = _weight_shapes(model)
-    snapshot = ModelSnapshot(model, clone=clone)
-    try:
-        removed = prune()
-        if removed:
-            check_still_runs(model, example_inputs, expected)
-    except RunFailure as failure:
-        changed = changed_layers(before, model)
-        snapshot.restore()
-        raise ValueError(
-            f"{who} was undone and the model left as it was: after removing channels "
-            f"({changed}), {failure}. {hint}"
-        ) from failure.error
-    except BaseException:
-        snapshot.restore()
-        raise
-    return removed

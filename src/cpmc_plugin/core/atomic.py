@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,15 +33,18 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
-from ._probe import run_model
+from .probe import run_model
 
 __all__ = [
     "ModelSnapshot",
     "RunFailure",
     "RunSignature",
+    "changed_layers",
     "check_still_runs",
+    "prune_atomically",
     "signature",
 ]
+
 
 _CONTAINERS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
 
@@ -241,3 +244,61 @@ def check_still_runs(model: nn.Module, example_inputs: Any, expected: RunSignatu
     for tensor in tensors:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise RunFailure("the model's output", None, "the model's output is not finite")
+
+
+# ---------------------------------------------------------------------- all or nothing
+def _weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {
+        name: tuple(module.weight.shape)
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "weight", None), torch.Tensor)
+    }
+
+
+def changed_layers(before: dict[str, tuple[int, ...]], model: nn.Module) -> str:
+    """``"conv1 (8, 3, 3, 3) -> (5, 3, 3, 3), ..."``: the layers whose weight shape changed."""
+    now = _weight_shapes(model)
+    changed = [f"{n} {before[n]} -> {now[n]}" for n in before if n in now and now[n] != before[n]]
+    if not changed:
+        return "no layer"
+    shown = ", ".join(changed[:5])
+    return shown + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+
+
+def prune_atomically(
+    model: nn.Module,
+    example_inputs: Any,
+    prune: Callable[[], int],
+    *,
+    who: str,
+    hint: str,
+    clone: bool = False,
+) -> int:
+    """Run ``prune()`` (which changes ``model`` in place and returns how many channels
+    went), then run ``example_inputs`` through the model. If anything fails, or the
+    outputs' shapes changed or are not finite, put the model back exactly as it was
+    (module attributes and every tensor; ``clone=True`` for paths that change tensors
+    in place) and raise ``ValueError`` naming the failing layer or operation, the
+    layers that were changed, and ``hint`` (what to do).
+    """
+    try:
+        expected = signature(model, example_inputs)  # a ValueError if the inputs do not fit
+    except ValueError as error:
+        raise ValueError(f"{who}: {error}") from error
+    before = _weight_shapes(model)
+    snapshot = ModelSnapshot(model, clone=clone)
+    try:
+        removed = prune()
+        if removed:
+            check_still_runs(model, example_inputs, expected)
+    except RunFailure as failure:
+        changed = changed_layers(before, model)
+        snapshot.restore()
+        raise ValueError(
+            f"{who} was undone and the model left as it was: after removing channels "
+            f"({changed}), {failure}. {hint}"
+        ) from failure.error
+    except BaseException:
+        snapshot.restore()
+        raise
+    return removed

@@ -2,286 +2,55 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
-from ._atomic import ModelSnapshot, RunFailure, RunSignature, check_still_runs, signature
-from ._cost_model import (
-    GroupUnits,
-    build_cost_model,
-    capture_opaque_calls,
-    map_calls,
-    opaque_layers,
-    remeasure_sites,
+from ..core.atomic import ModelSnapshot, RunFailure, RunSignature, check_still_runs, signature
+from ..core.budget import UnreachableBudgetError, lowest_cost, plan_removal
+from ..core.probe import positions_by_module, record_calls
+from ..core.report import LayerChannels, PruneReport
+from ._coupling import hidden_coupling, misaligned_grouped_conv
+from ._measured import capture_opaque_calls, opaque_layers
+from ._options import (
+    _MODELLED,
+    _ROOTS,
+    HOST_OPTIONS,
+    _check_cap,
+    _check_finite,
+    _layer_caps,
+    _resolve_budget,
+    _why_refused,
 )
-from ._groups import hidden_coupling, misaligned_grouped_conv, repair_concat_mappings
-from ._probe import describe_host_failure, positions_by_module, record_calls
-from .budget import UnreachableBudgetError, lowest_cost, plan_removal
+from ._options import _fraction as _fraction  # re-exported: nni/pruner.py uses it
+from ._ranking import _isomorphic_quantiles, _next_planning_target
+from .cost_model import GroupUnits, build_cost_model, map_calls, remeasure_sites
+from .counting import _count, _Counts
+from .graph import describe_host_failure, repair_concat_mappings
 from .importance import CPMCImportance, _shape_signature
-from .report import LayerChannels, PruneReport
 
 __all__ = ["CPMCPruner"]
 
-#: host options that keep their meaning under a budget; the others are refused
-HOST_OPTIONS = frozenset(
-    {
-        "customized_pruners",
-        "unwrapped_parameters",
-        "root_module_types",
-        "forward_fn",
-        "output_transform",
-        "in_channel_groups",
-        "out_channel_groups",
-        "isomorphic",
-        "pruning_ratio_dict",
-    }
-)
+
 TOLERANCE = 0.005  # 0.5 percentage points
+
+
 #: how often a step re-plans against the measured count before it refuses
 MAX_CORRECTIONS = 8
+
+
 #: what to try when a pruned model no longer runs
 _RUN_HINT = (
     "put the layer (or the layers that feed the failing operation) in ignored_layers; "
     "for a transformer, pass its head options (num_heads=...) and let the model's own "
     "shape attributes follow (e.g. torchvision ViT's hidden_dim)"
 )
-
-
-@dataclass(frozen=True)
-class _Counts:
-    macs: float
-    params: float
-    layer_macs: dict[nn.Module, float]
-    layer_params: dict[nn.Module, float]
-
-
-def _meta_twin(model: nn.Module, example_inputs: Any) -> tuple[nn.Module, Any]:
-    """A copy of ``model`` and its inputs on the meta device: shapes only, no data copied."""
-    memo: dict[int, Any] = {}
-    for tensor in [*model.parameters(), *model.buffers()]:
-        twin = tensor.detach().to("meta")
-        if isinstance(tensor, nn.Parameter):
-            twin = nn.Parameter(twin, requires_grad=tensor.requires_grad)
-        memo[id(tensor)] = twin
-    inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, example_inputs)
-    return copy.deepcopy(model, memo), inputs
-
-
-def _count(model: nn.Module, example_inputs: Any) -> _Counts:
-    """``tp.utils.count_ops_and_params`` of ``model``, layer by layer.
-
-    The host counter deep-copies the model and runs it; running it on a meta-device
-    twin gives the same counts without copying weights or computing anything.
-    Models that cannot run on the meta device are counted as they are. The count
-    runs in eval mode (BatchNorm statistics stay put); the mode is restored.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        return _count_eval(model, example_inputs)
-    finally:
-        model.train(was_training)
-
-
-def _count_eval(model: nn.Module, example_inputs: Any) -> _Counts:
-    try:
-        twin, inputs = _meta_twin(model, example_inputs)
-        macs, params, twin_macs, twin_params = tp.utils.count_ops_and_params(
-            twin, inputs, layer_wise=True
-        )
-        pairs = list(zip(model.modules(), twin.modules(), strict=True))
-        layer_macs = {m: twin_macs.get(t) for m, t in pairs}
-        layer_params = {m: twin_params.get(t) for m, t in pairs}
-    except Exception:
-        macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
-            model, example_inputs, layer_wise=True
-        )
-    # per-layer MACs are summed over the batch while the total is per sample; the
-    # whole model's entry is that batch sum (the counter also counts some modules that
-    # are not leaves, e.g. nn.MultiheadAttention, so a sum over leaves would not do)
-    batch_total = float(layer_macs.get(model) or 0.0)
-    if batch_total <= 0:
-        leaves = [m for m in model.modules() if next(m.children(), None) is None]
-        batch_total = sum(float(layer_macs.get(m) or 0.0) for m in leaves)
-    scale = float(macs) / batch_total if batch_total > 0 else 1.0
-    per_sample = {m: float(v or 0.0) * scale for m, v in layer_macs.items()}
-    return _Counts(float(macs), float(params), per_sample, dict(layer_params))
-
-
-def _fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number in (0, 1), got {value!r}")
-    if not math.isfinite(value) or not 0 < value < 1:
-        raise ValueError(f"{name} must be in (0, 1) (a fraction to remove), got {value}")
-    return float(value)
-
-
-def _resolve_budget(flops: Any, params: Any) -> tuple[str, float]:
-    if flops is not None and params is not None:
-        raise ValueError(
-            "give exactly one of flops_reduction and params_reduction, not both "
-            f"(got flops_reduction={flops}, params_reduction={params})"
-        )
-    if params is not None:
-        return "params", _fraction("params_reduction", params)
-    return "macs", _fraction("flops_reduction", 0.5 if flops is None else flops)
-
-
-_REFUSED = {
-    "pruning_ratio": "the budget (flops_reduction or params_reduction) replaces it",
-    "ch_sparsity": "the budget (flops_reduction or params_reduction) replaces it",
-    "global_pruning": "a budget ranks all channels of the model globally, always",
-    "head_pruning_ratio": "attention heads are not yet units of the budget",
-}
-
-
-def _why_refused(names: Sequence[str]) -> str:
-    reasons = [f"{n} ({_REFUSED.get(n, 'it has no meaning under a budget')})" for n in names]
-    return "; ".join(reasons)
-
-
-def _check_cap(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number in (0, 1], got {value!r}")
-    if not 0 < value <= 1:
-        raise ValueError(f"{name} must be in (0, 1], got {value}")
-    return float(value)
-
-
-def _layer_caps(ratios: Any) -> dict[nn.Module, float]:
-    """``pruning_ratio_dict`` as per-layer caps: ``{module or tuple of modules: ratio}``."""
-    if ratios is None:
-        return {}
-    if not isinstance(ratios, dict):
-        raise TypeError(
-            f"pruning_ratio_dict must be a dict {{module or tuple of modules: ratio}}, "
-            f"got {type(ratios).__name__}"
-        )
-    caps: dict[nn.Module, float] = {}
-    for key, ratio in ratios.items():
-        name = f"pruning_ratio_dict[{type(key).__name__}]"
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-            raise TypeError(f"{name} must be a number in [0, 1], got {ratio!r}")
-        if not 0 <= ratio <= 1:  # 0: the layer keeps all its channels
-            raise ValueError(f"{name} must be in [0, 1], got {ratio}")
-        cap = float(ratio)
-        modules = key if isinstance(key, tuple) else (key,)
-        for module in modules:
-            if not isinstance(module, nn.Module):
-                raise TypeError(
-                    f"pruning_ratio_dict keys must be modules or tuples of modules, got {module!r}"
-                )
-            for sub in module.modules():
-                caps[sub] = cap
-    return caps
-
-
-def _check_finite(model: nn.Module) -> None:
-    # a NaN or Inf makes the sum non-finite; only then look element by element
-    bad = [
-        name
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
-        if tensor.is_floating_point()
-        and not torch.isfinite(tensor.detach().sum())
-        and not torch.isfinite(tensor).all()
-    ]
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise ValueError(f"the model has non-finite (NaN or Inf) values in {shown}")
-
-
-_ROOTS = (nn.modules.conv._ConvNd, nn.Linear)
-#: layer types whose cost scaling the planner models (the others may make it miss)
-_MODELLED: tuple[type, ...] = (
-    nn.modules.conv._ConvNd,
-    nn.Linear,
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.SiLU,
-    nn.GELU,
-    nn.Sigmoid,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.LeakyReLU,
-    nn.Tanh,
-    nn.Identity,
-    nn.Dropout,
-    nn.Flatten,
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
-)
-
-
-def _next_planning_target(
-    tried: list[tuple[float, float]], target: float, initial: float
-) -> float | None:
-    """The next planning target, from the (planning target, measured) pairs so far.
-
-    The measured cost grows with the planning target. Scale the planned removal by
-    how much of it the last plan achieved (a secant through the origin of removal);
-    when both sides of the target have been seen, stay inside that bracket (bisect
-    if the secant leaves it). ``None`` when no new planning target is left to try.
-    """
-    planning, measured = tried[-1]
-    wanted = initial - target
-    planned = initial - planning
-    achieved = initial - measured
-    guess = initial - planned * wanted / achieved if achieved > 0 else initial - 2 * planned
-    low = max((p for p, m in tried if m < target), default=None)  # removed too much
-    high = min((p for p, m in tried if m > target), default=None)  # removed too little
-    if low is not None and high is not None and not min(low, high) < guess < max(low, high):
-        guess = (low + high) / 2
-    guess = min(max(guess, 0.0), initial)
-    if any(abs(guess - p) <= 1e-9 * max(initial, 1.0) for p, _ in tried):
-        return None
-    return guess
-
-
-def _isomorphic_key(graph: tp.DependencyGraph, group: tp.Group) -> tuple[Any, ...]:
-    """The structure of a group, as the host's isomorphic pruning compares it."""
-    return tuple(
-        (
-            type(item.dep.source.module).__name__,
-            type(item.dep.target.module).__name__,
-            graph.is_out_channel_pruning_fn(item.dep.handler),
-        )
-        for item in group
-    )
-
-
-def _isomorphic_quantiles(
-    graph: tp.DependencyGraph, units: Sequence[GroupUnits], scores: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    """Isomorphic pruning under a budget: rank channels only against the channels of
-    groups with the same structure. Each score becomes its rank quantile within its
-    scope, so a global threshold removes the same fraction of every scope."""
-    scopes: dict[tuple[Any, ...], list[int]] = {}
-    for i, unit in enumerate(units):
-        scopes.setdefault(_isomorphic_key(graph, unit.group), []).append(i)
-    out = list(scores)
-    for members in scopes.values():
-        joined = torch.cat([scores[i] for i in members])
-        rank = torch.empty(len(joined))
-        rank[torch.argsort(joined, stable=True)] = torch.arange(1, len(joined) + 1).float()
-        quantiles = (rank / len(joined)).split([len(scores[i]) for i in members])
-        for i, q in zip(members, quantiles, strict=True):
-            out[i] = q
-    return out
 
 
 class CPMCPruner(tp.pruner.BasePruner):

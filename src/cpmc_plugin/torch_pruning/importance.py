@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ._groups import GroupStats, group_stats
-from ._probe import probe_positions
-from .functional import combine_criteria, normalize, validate_criterion_options
-from .presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
+from ..core.cpmc import combine_criteria, normalize, validate_criterion_options
+from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
+from ..core.probe import probe_positions
+from .group_stats import GroupStats, group_stats
 
 __all__ = ["CPMCImportance"]
 

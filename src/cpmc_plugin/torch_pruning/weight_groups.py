@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ._groups import _AFFINE_TYPES, is_out_item
+from .group_stats import _AFFINE_TYPES, is_out_item
 
 __all__ = ["WeightGroups"]
 

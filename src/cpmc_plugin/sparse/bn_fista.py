@@ -3,7 +3,7 @@
 The end-to-end channel pruning method: ``lam * (||gamma||_1 + ||beta||_1)`` on every
 BatchNorm, minimized by FISTA. After the optimizer's gradient step on the loss,
 :meth:`BNFISTARegularizer.proximal_step` soft-thresholds the factors with
-threshold ``lr * lam`` (:func:`cpmc_plugin.proximal.soft_threshold`) and extrapolates
+threshold ``lr * lam`` (:func:`cpmc_plugin.core.proximal.soft_threshold`) and extrapolates
 them Nesterov-style, so factors reach *exact* zeros. A channel whose scale is zero
 outputs the constant ``beta``; :meth:`BNFISTARegularizer.prune_zero_channels` folds
 what that constant adds into the biases of the layers that read it and removes
@@ -19,14 +19,15 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
-from ._fold import Fold, apply_fold, layer_inputs, plan_folds, readers
-from ._groups import is_out_item
-from ._probe import build_graph
-from ._removal import Removal, apply_removals, plan_removal, prune_atomically, validated
+from ..core.atomic import prune_atomically
+from ..core.proximal import check_finite_nonnegative, soft_threshold
+from ..torch_pruning.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
+from ..torch_pruning.graph import build_graph
+from ..torch_pruning.group_stats import is_out_item
+from ..torch_pruning.host import Group
+from ..torch_pruning.removal import Removal, apply_removals, plan_removal, validated
 from .oicsr import ROOT_TYPES, RUN_HINT, check_ignored_layers, unwrap
-from .proximal import check_finite_nonnegative, soft_threshold
 
 __all__ = ["BNFISTARegularizer"]
 
@@ -294,7 +295,7 @@ class BNFISTARegularizer:
             )
         return apply_removals(graph, accepted), warning
 
-    def _zero_scale(self, group: tp.Group) -> torch.Tensor:
+    def _zero_scale(self, group: Group) -> torch.Tensor:
         """Per root channel: every BatchNorm of the group has scale exactly 0 there."""
         roots = group[0].root_idxs
         position = {int(r): i for i, r in enumerate(roots)}

@@ -4,7 +4,7 @@ An out-in group is output channel ``i`` of a layer (its filter row, bias, norm
 scale and shift) together with input channel ``i`` of every layer that consumes
 it; channels that a residual add or concatenation ties together form one group.
 Groups come from torch-pruning's ``DependencyGraph``; the formulas from
-:mod:`cpmc_plugin.proximal`.
+:mod:`cpmc_plugin.core.proximal`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
-from ._probe import build_graph
-from ._removal import prune_atomically, remove_small_groups
-from ._weight_groups import WeightGroups
-from .proximal import (
+from ..core.atomic import prune_atomically
+from ..core.proximal import (
     check_finite_nonnegative,
     group_lasso,
     group_lasso_coefficients,
@@ -28,6 +25,10 @@ from .proximal import (
     group_shrink_factors,
     group_size_weights,
 )
+from ..torch_pruning.graph import build_graph
+from ..torch_pruning.host import DependencyGraph, Group, Importance
+from ..torch_pruning.removal import remove_small_groups
+from ..torch_pruning.weight_groups import WeightGroups
 
 __all__ = ["OICSRImportance", "OICSRRegularizer"]
 
@@ -131,10 +132,10 @@ class OICSRRegularizer:
         self.update()
 
     # ------------------------------------------------------------------ groups
-    def _trace(self) -> tp.DependencyGraph:
+    def _trace(self) -> DependencyGraph:
         return build_graph(unwrap(self.model), self.example_inputs)
 
-    def _all_groups(self, graph: tp.DependencyGraph) -> list[tp.Group]:
+    def _all_groups(self, graph: DependencyGraph) -> list[Group]:
         return list(
             graph.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES)
         )
@@ -263,7 +264,7 @@ class OICSRRegularizer:
         return int((groups.sq_norms() == 0).sum())
 
 
-class OICSRImportance(tp.importance.Importance):
+class OICSRImportance(Importance):
     """OICSR's channel importance: the energy ``||W_g||_2^2`` of each out-in group.
 
     The energy sums the squared output-channel weights (filter, bias, norm scale
@@ -292,7 +293,7 @@ class OICSRImportance(tp.importance.Importance):
         return f"{type(self).__name__}()"
 
     @torch.no_grad()
-    def __call__(self, group: tp.Group) -> torch.Tensor:
+    def __call__(self, group: Group) -> torch.Tensor:
         groups = WeightGroups.from_groups(group._DG, [group], kinds=self.parts)
         _warn_unsupported(groups.unsupported, type(self).__name__)
         if groups.num_groups == 0 or not groups.entries:

@@ -1,0 +1,140 @@
+"""What ``CPMCPruner`` accepts: the host options it keeps or refuses, the budget, the
+per-layer caps, and the layer types its cost model covers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["HOST_OPTIONS"]
+
+
+#: host options that keep their meaning under a budget; the others are refused
+HOST_OPTIONS = frozenset(
+    {
+        "customized_pruners",
+        "unwrapped_parameters",
+        "root_module_types",
+        "forward_fn",
+        "output_transform",
+        "in_channel_groups",
+        "out_channel_groups",
+        "isomorphic",
+        "pruning_ratio_dict",
+    }
+)
+
+
+def _fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in (0, 1), got {value!r}")
+    if not math.isfinite(value) or not 0 < value < 1:
+        raise ValueError(f"{name} must be in (0, 1) (a fraction to remove), got {value}")
+    return float(value)
+
+
+def _resolve_budget(flops: Any, params: Any) -> tuple[str, float]:
+    if flops is not None and params is not None:
+        raise ValueError(
+            "give exactly one of flops_reduction and params_reduction, not both "
+            f"(got flops_reduction={flops}, params_reduction={params})"
+        )
+    if params is not None:
+        return "params", _fraction("params_reduction", params)
+    return "macs", _fraction("flops_reduction", 0.5 if flops is None else flops)
+
+
+_REFUSED = {
+    "pruning_ratio": "the budget (flops_reduction or params_reduction) replaces it",
+    "ch_sparsity": "the budget (flops_reduction or params_reduction) replaces it",
+    "global_pruning": "a budget ranks all channels of the model globally, always",
+    "head_pruning_ratio": "attention heads are not yet units of the budget",
+}
+
+
+def _why_refused(names: Sequence[str]) -> str:
+    reasons = [f"{n} ({_REFUSED.get(n, 'it has no meaning under a budget')})" for n in names]
+    return "; ".join(reasons)
+
+
+def _check_cap(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in (0, 1], got {value!r}")
+    if not 0 < value <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
+    return float(value)
+
+
+def _layer_caps(ratios: Any) -> dict[nn.Module, float]:
+    """``pruning_ratio_dict`` as per-layer caps: ``{module or tuple of modules: ratio}``."""
+    if ratios is None:
+        return {}
+    if not isinstance(ratios, dict):
+        raise TypeError(
+            f"pruning_ratio_dict must be a dict {{module or tuple of modules: ratio}}, "
+            f"got {type(ratios).__name__}"
+        )
+    caps: dict[nn.Module, float] = {}
+    for key, ratio in ratios.items():
+        name = f"pruning_ratio_dict[{type(key).__name__}]"
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise TypeError(f"{name} must be a number in [0, 1], got {ratio!r}")
+        if not 0 <= ratio <= 1:  # 0: the layer keeps all its channels
+            raise ValueError(f"{name} must be in [0, 1], got {ratio}")
+        cap = float(ratio)
+        modules = key if isinstance(key, tuple) else (key,)
+        for module in modules:
+            if not isinstance(module, nn.Module):
+                raise TypeError(
+                    f"pruning_ratio_dict keys must be modules or tuples of modules, got {module!r}"
+                )
+            for sub in module.modules():
+                caps[sub] = cap
+    return caps
+
+
+def _check_finite(model: nn.Module) -> None:
+    # a NaN or Inf makes the sum non-finite; only then look element by element
+    bad = [
+        name
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+        if tensor.is_floating_point()
+        and not torch.isfinite(tensor.detach().sum())
+        and not torch.isfinite(tensor).all()
+    ]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"the model has non-finite (NaN or Inf) values in {shown}")
+
+
+_ROOTS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+#: layer types whose cost scaling the planner models (the others may make it miss)
+_MODELLED: tuple[type, ...] = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Flatten,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)

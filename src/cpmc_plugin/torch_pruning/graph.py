@@ -1,0 +1,138 @@
+"""torch-pruning's dependency graph: building it with a clear error, and repairing its
+concatenation index maps."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ..core.probe import forward_once
+
+__all__ = ["build_graph", "describe_host_failure", "repair_concat_mappings"]
+
+
+def describe_host_failure(error: BaseException) -> str:
+    """A ``ValueError`` message for a failure inside torch-pruning's graph tracing.
+
+    It says that the model itself ran (the caller checked), quotes the host's
+    exception with the host function it came from, and says what the user can do.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    paths = [(f, f.filename.replace("\\", "/")) for f in frames]
+    host = [f for f, path in paths if "/torch_pruning/" in path and "/cpmc_plugin/" not in path]
+    where = f" in torch_pruning's {host[-1].name}()" if host else ""
+    return (
+        "the model runs on example_inputs, but torch-pruning's DependencyGraph failed to "
+        f"trace it: {type(error).__name__}: {error}{where}. The host cannot follow some "
+        "channel operation of this model (for example a channel shuffle: a reshape and "
+        "transpose across the channel dimension). Wrap that operation in an nn.Module and "
+        "register a customized pruner for it (customized_pruners={ModuleType: pruner}), "
+        "or keep the layers around it out of the pruned set (ignored_layers)"
+    )
+
+
+def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model``, traced in eval mode.
+
+    Tracing in eval mode leaves BatchNorm running statistics alone; the model's
+    train/eval mode is restored. Inputs that cannot run give a ``ValueError``, and so
+    does a model that runs but that the host cannot trace (the message says which).
+    """
+    forward_once(model, example_inputs)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs)
+    except Exception as error:
+        raise ValueError(describe_host_failure(error)) from error
+    finally:
+        model.train(was_training)
+
+
+class _LiveConcatMapping:
+    """Index mapping through segment ``index`` of a concatenation, at its current sizes.
+
+    The offsets are read from the concat op's ``concat_sizes`` at every call, which
+    torch-pruning's ``ConcatPruner`` keeps current as channels go, so the mapping stays
+    right after earlier groups were pruned. ``reverse``: from the concat's output to
+    the segment's input (keeps only the indices that fall in the segment).
+    """
+
+    def __init__(self, op: Any, index: int, reverse: bool) -> None:
+        self.op = op
+        self.index = index
+        self.reverse = reverse
+
+    def __call__(self, idxs: Sequence[Any]) -> list[Any]:
+        sizes = self.op.concat_sizes
+        start = int(sum(sizes[: self.index]))
+        end = start + int(sizes[self.index])
+        hybrid = tp._helpers._HybridIndex
+        if self.reverse:
+            return [hybrid(i.idx - start, i.root_idx) for i in idxs if start <= i.idx < end]
+        return [hybrid(i.idx + start, i.root_idx) for i in idxs]
+
+
+def _output_shape(node: Any) -> tuple[int, ...] | None:
+    """The shape of the tensor a graph node produced, read from its autograd node."""
+    metadata: Any = getattr(node.grad_fn, "_input_metadata", None)
+    try:
+        return tuple(int(n) for n in metadata[0].shape)
+    except (TypeError, IndexError, AttributeError):
+        return None
+
+
+def repair_concat_mappings(graph: tp.DependencyGraph) -> int:
+    """Map channel indices through the concatenations that torch-pruning leaves unmapped.
+
+    The host maps indices through a ``torch.cat`` on dimension 1 only when the channels
+    its consumer reads add up to the segments' sum. A concat that is pooled and then
+    flattened into a Linear layer fails that check (the Linear reads ``channels * H * W``
+    features), so the host leaves the identity mapping in place: channel ``i`` of *every*
+    segment is then coupled with output channel ``i``, unrelated channels are pruned
+    together, and the pruned model cannot run. Here every such concat whose output
+    really has the segments' channels on dimension 1 (checked on the traced tensors)
+    gets a mapping that follows the current segment sizes. Idempotent.
+
+    Returns:
+        The number of concatenations repaired by this call.
+    """
+    repaired = 0
+    for node in graph.module2node.values():
+        op = node.module
+        if node.type != tp.ops.OPTYPE.CONCAT or op.offsets is not None:
+            continue  # mapped by the host
+        if getattr(op, "_cpmc_live_mapping", False) or not node.enable_index_mapping:
+            continue
+        shape, dim = _output_shape(node), getattr(node.grad_fn, "_saved_dim", None)
+        if shape is None or len(shape) < 2 or not isinstance(dim, int) or dim % len(shape) != 1:
+            continue
+        sizes = op.concat_sizes
+        if not sizes or len(sizes) != len(node.inputs) or any(s is None for s in sizes):
+            continue
+        if shape[1] != sum(sizes):
+            continue  # concatenated along another dimension than the channels
+        pairs = []
+        for parent, size in zip(node.inputs, sizes, strict=True):
+            parent_shape = _output_shape(parent)
+            if parent_shape is not None and (len(parent_shape) < 2 or parent_shape[1] != size):
+                break
+            backward = [dep for dep in node.dependencies if dep.target == parent]
+            forward = [dep for dep in parent.dependencies if dep.target == node]
+            if len(backward) != 1 or len(forward) != 1:
+                break  # a tensor concatenated twice: its segments cannot be told apart
+            pairs.append((backward[0], forward[0]))
+        if len(pairs) != len(sizes):
+            continue
+        for index, (backward, forward) in enumerate(pairs):
+            backward.index_mapping[1] = _LiveConcatMapping(op, index, reverse=True)
+            forward.index_mapping[1] = _LiveConcatMapping(op, index, reverse=False)
+        op._cpmc_live_mapping = True
+        repaired += 1
+    return repaired
