@@ -73,10 +73,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import statistics
-import sys
 import time
 import warnings
 from collections import defaultdict
@@ -87,35 +85,36 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch_pruning as tp
-from torch.utils.data import DataLoader, Dataset, Subset
+from _common import (
+    CACHE_DIR,
+    RESULTS,
+    cached_baseline,
+    log,
+    provenance,
+    relative,
+    shuffled,
+    with_digits_fallback,
+    write_json,
+)
+from _tiny_models import FAMILIES, build_model
+from torch.utils.data import DataLoader, Subset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpmc_plugin import get_preset
+from cpmc_plugin.core.presets import DEFAULT_ALPHA, DEFAULT_BETA, family_of
+from cpmc_plugin.data import dataset_info, load_dataset, make_loaders
+from cpmc_plugin.models import create_model, list_models
+from cpmc_plugin.torch_pruning.criteria import CRITERIA, make_importance, needs_gradients
+from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
+from cpmc_plugin.training import Distributed, accuracy, fit, recalibrate_bn
 
-from _provenance import ROOT, provenance  # noqa: E402
-from _tiny_models import FAMILIES, build_model  # noqa: E402
-
-import cpmc_plugin.training as training  # noqa: E402
-from cpmc_plugin import CPMCPruner, get_preset  # noqa: E402
-from cpmc_plugin.core.presets import DEFAULT_ALPHA, DEFAULT_BETA  # noqa: E402
-from cpmc_plugin.data import dataset_info, load_dataset, make_loaders  # noqa: E402
-from cpmc_plugin.models import create_model, list_models  # noqa: E402
-from cpmc_plugin.torch_pruning.criteria import CRITERIA, make_importance, needs_gradients  # noqa: E402
-from cpmc_plugin.training import Distributed, accuracy, fit, recalibrate_bn  # noqa: E402
-
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "criteria.json"
-CACHE_DIR = ROOT / "benchmarks" / "results" / "cache"
+DEFAULT_OUT = RESULTS / "criteria.json"
 ALL_CRITERIA = (*CRITERIA, "cpmc-default")
 TINY = "tiny-"
 BATCH, EVAL_BATCH = 128, 500
 LATENCY_BATCHES = (64, 1)
 # higher is better in these columns (bold marks the best per rate)
 ACC_COLUMNS = ("acc_no_ft", "acc_bn_recal", "acc_ft_mean")
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Phases:
@@ -145,16 +144,7 @@ class Phases:
 # ---------------------------------------------------------------------------- data
 def load_data(args: argparse.Namespace) -> dict[str, Any]:
     """Loaders of the data set (digits, with a warning, if it is not installed)."""
-    name, fallback = args.dataset, None
-    try:
-        data = _load(name, args)
-    except ValueError as error:
-        if name == "digits":
-            raise
-        fallback, name = str(error), "digits"
-        log(f"WARNING: data set {args.dataset!r} unavailable ({error}); falling back to digits")
-        data = _load(name, args)
-    data["fallback_reason"] = fallback
+    data, _, data["fallback_reason"] = with_digits_fallback(lambda n: _load(n, args), args.dataset)
     return data
 
 
@@ -202,13 +192,6 @@ def _load(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def shuffled(dataset: Dataset[Any], seed: int, workers: int = 0) -> DataLoader[Any]:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=BATCH, shuffle=True, generator=generator, num_workers=workers
-    )
-
-
 class OnDevice:
     """Iterate a loader with its images moved to ``device`` (for ``recalibrate_bn``)."""
 
@@ -221,16 +204,6 @@ class OnDevice:
 
 
 # ---------------------------------------------------------------------------- models
-def _where(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def family_of(model_name: str) -> str | None:
-    key = model_name.lower().removeprefix(TINY)
-    return next((f for f in ("resnet", "vgg", "densenet") if key.startswith(f)), None)
-
-
 def build(model_name: str, info: Any) -> nn.Module:
     kwargs = {"in_channels": info.in_channels, "num_classes": info.num_classes}
     if model_name.startswith(TINY):
@@ -258,31 +231,22 @@ def baseline(
         f"criteria-{data['name']}-{model_name}-n{n}-e{args.epochs}-lr{args.lr:g}-s{args.base_seed}"
     )
     path = args.cache_dir / f"{key}.pt"
-    if path.exists() and not args.no_cache:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["state_dict"])
-        log(f"[{model_name}] baseline loaded from {_where(path)}")
-        return model.eval(), {
-            "cache_file": str(_where(path)),
-            "cached": True,
-            **{k: v for k, v in saved.items() if k != "state_dict"},
-        }
-    log(f"[{model_name}] training baseline {key} on {env.device}")
-    started = time.perf_counter()
-    fit(model, data["train"], epochs=args.epochs, lr=args.lr, env=env, desc=f"{model_name} train")
-    train_s = round(time.perf_counter() - started, 1)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.partial")
-    torch.save(
-        {"state_dict": model.state_dict(), "train_s": train_s, "device": str(env.device)}, tmp
-    )
-    tmp.replace(path)
-    return model.eval(), {
-        "cache_file": str(_where(path)),
-        "cached": False,
-        "train_s": train_s,
-        "device": str(env.device),
-    }
+
+    def train_baseline() -> dict[str, Any]:
+        log(f"[{model_name}] training baseline {key} on {env.device}")
+        started = time.perf_counter()
+        fit(
+            model,
+            data["train"],
+            epochs=args.epochs,
+            lr=args.lr,
+            env=env,
+            desc=f"{model_name} train",
+        )
+        return {"train_s": round(time.perf_counter() - started, 1), "device": str(env.device)}
+
+    cached, kept = cached_baseline(model, path, train_baseline, no_cache=args.no_cache)
+    return model.eval(), {"cache_file": relative(path), "cached": cached, **kept}
 
 
 def prune(
@@ -299,17 +263,14 @@ def prune(
         name, example, family=None if criterion == "cpmc-default" else family
     )
     model.eval()
-    if needs_gradients(name):
-        model.zero_grad()
-        F.cross_entropy(model(grad_batch[0]), grad_batch[1]).backward()
-    pruner = CPMCPruner(
+    prune_to_budget(
         model,
         example,
-        importance=importance,
+        importance,
         flops_reduction=rate,
-        ignored_layers=[model.get_submodule("classifier")],
+        needs_gradients=needs_gradients(name),
+        grad_batch=grad_batch,
     )
-    pruner.step()
     model.zero_grad(set_to_none=True)
     text = repr(importance)  # torch-pruning's importances have no repr of their own
     return type(importance).__name__ if " object at 0x" in text else text
@@ -456,7 +417,7 @@ def run_model(
                 with phases(model_name, "finetune"):
                     fit(
                         tuned,
-                        shuffled(data["finetune_set"], seed, args.workers),
+                        shuffled(data["finetune_set"], seed, workers=args.workers),
                         epochs=args.finetune_epochs,
                         lr=args.finetune_lr,
                         env=env,
@@ -701,9 +662,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch_pruning")
-    if not sys.stderr.isatty():  # no progress bars in logs
-        bar = training.tqdm
-        training.tqdm = lambda *a, **k: bar(*a, **{**k, "disable": True})
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     env = Distributed(0, 1, torch.device("cuda" if cuda else "cpu"))
     phases = Phases()
@@ -728,10 +686,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def save() -> None:
         out["phase_seconds"] = phases.as_dict()
         out["wall_s"] = round(time.perf_counter() - started, 1)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        tmp.replace(args.out)
+        write_json(args.out, out)
 
     for model_name in args.models:
         grid = model_name == args.grid_model

@@ -4,9 +4,9 @@ Protocol, on the CPU:
 
 1. Train one baseline (default: ResNet-20 on 12000 Fashion-MNIST training images, SGD
    momentum 0.9, weight decay 5e-4, one-cycle schedule, fixed seed). The trained state
-   dict is cached in ``benchmarks/results/cache/`` (keyed by data set, model, training
-   subset, epochs and seed), so reruns skip training. Falls back to scikit-learn's
-   ``digits`` if Fashion-MNIST is not installed.
+   dict is cached in ``--cache-dir`` (default ``benchmarks/results/cache/``; keyed by
+   data set, model, training subset, epochs and seed), so reruns skip training. Falls
+   back to scikit-learn's ``digits`` if Fashion-MNIST is not installed.
 2. For each pruner (``CPMCPruner``, NNI's ``L1NormPruner`` and ``FPGMPruner``, all built
    by ``cpmc_plugin.nni.build_pruner``) and each config mode, on a deep copy of the
    baseline, one config for all three pruners:
@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -55,21 +53,29 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch_pruning as tp
-from torch.utils.data import DataLoader, Dataset, Subset
+from _common import (
+    CACHE_DIR,
+    RESULTS,
+    cached_baseline,
+    log,
+    percent_correct,
+    provenance,
+    relative,
+    shuffled,
+    train_sgd,
+    with_digits_fallback,
+    write_json,
+)
+from torch.utils.data import DataLoader, Subset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpmc_plugin import get_preset
+from cpmc_plugin.data import dataset_info, load_dataset, make_loaders
+from cpmc_plugin.models import create_model
+from cpmc_plugin.nni import build_pruner, speedup
+from cpmc_plugin.training import recalibrate_bn
 
-from _provenance import ROOT, provenance  # noqa: E402
-
-from cpmc_plugin import get_preset  # noqa: E402
-from cpmc_plugin.data import dataset_info, load_dataset, make_loaders  # noqa: E402
-from cpmc_plugin.models import create_model  # noqa: E402
-from cpmc_plugin.nni import build_pruner, speedup  # noqa: E402
-
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "nni_criteria.json"
-CACHE_DIR = ROOT / "benchmarks" / "results" / "cache"
+DEFAULT_OUT = RESULTS / "nni_criteria.json"
 PRUNERS = ("CPMCPruner", "L1NormPruner", "FPGMPruner")
 MODES = ("global", "layer")
 MAX_SPARSE_RATIO = 0.8
@@ -78,23 +84,13 @@ FT_LR, FT_WD = 0.01, 5e-4
 BATCH, EVAL_BATCH, CALIB_IMAGES = 128, 500, 2000
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------- data
 def load_data(args: argparse.Namespace) -> dict[str, Any]:
     """Train loader, test loader, calibration loader, info; digits if the set is missing."""
-    name, fallback = args.dataset, None
-    try:
-        dataset_info(name)
-        train_loader, test_loader, info = _loaders(name, args.train_subset)
-    except ValueError as error:
-        if name == "digits":
-            raise
-        log(f"{name} unavailable ({error}); falling back to digits")
-        fallback, name = str(error), "digits"
-        train_loader, test_loader, info = _loaders(name, args.train_subset)
+    loaded, name, fallback = with_digits_fallback(
+        lambda name: _loaders(name, args.train_subset), args.dataset
+    )
+    train_loader, test_loader, info = loaded
     train_set = train_loader.dataset
     plain = load_dataset(name, train=True, augment=False)
     indices = list(train_set.indices) if isinstance(train_set, Subset) else list(range(len(plain)))
@@ -117,60 +113,25 @@ def _loaders(name: str, train_subset: int | None) -> tuple[DataLoader, DataLoade
     return make_loaders(name, batch_size=BATCH, train_subset=subset, seed=0)
 
 
-def shuffled(dataset: Dataset, seed: int) -> DataLoader:
-    return DataLoader(
-        dataset, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed)
-    )
-
-
 # ---------------------------------------------------------------------------- training
 def train(model: nn.Module, loader: DataLoader, epochs: int, *, seed: int, finetune: bool) -> None:
     """SGD momentum 0.9: one-cycle from scratch, cosine from lr 0.01 when fine-tuning."""
-    torch.manual_seed(seed)  # augmentation draws from the global RNG
     lr, wd = (FT_LR, FT_WD) if finetune else (TRAIN_LR, TRAIN_WD)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
-    steps = epochs * len(loader)
-    if finetune:
-        scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    else:
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    model.train()
-    for epoch in range(epochs):
-        total, count = 0.0, 0
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total, count = total + loss.item() * len(y), count + len(y)
-        log(f"    epoch {epoch + 1}/{epochs}: train loss {total / count:.4f}")
-    model.eval()
+    train_sgd(
+        model,
+        lambda: loader,
+        epochs=epochs,
+        steps_per_epoch=len(loader),
+        lr=lr,
+        weight_decay=wd,
+        schedule="cosine" if finetune else "one-cycle",
+        seed=seed,
+        log_loss=True,
+    )
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, loader: DataLoader) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
-    return 100.0 * correct / total
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: DataLoader) -> None:
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the pass
-    model.train()
-    for x, _ in loader:
-        model(x)
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.eval()
+    return percent_correct(model, loader)
 
 
 def baseline(args: argparse.Namespace, data: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
@@ -178,24 +139,19 @@ def baseline(args: argparse.Namespace, data: dict[str, Any]) -> tuple[nn.Module,
     torch.manual_seed(args.base_seed)
     model = create_model(args.model, num_classes=info.num_classes, in_channels=info.in_channels)
     size = len(data["train_set"])
-    key = f"{data['name']}-{args.model}-n{size}-e{args.epochs}-s{args.base_seed}"
-    path = CACHE_DIR / f"{key}.pt"
+    key = f"nni-{data['name']}-{args.model}-n{size}-e{args.epochs}-s{args.base_seed}"
+    path = args.cache_dir / f"{key}.pt"
     started = time.perf_counter()
-    if path.exists() and not args.no_cache:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        cached = True
-        log(f"baseline loaded from {path.relative_to(ROOT)}")
-    else:
+
+    def train_baseline() -> dict[str, Any]:
         log(f"training baseline {key}")
         train(model, data["train"], args.epochs, seed=args.base_seed, finetune=False)
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".pt.partial")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
-        cached = False
+        return {}
+
+    cached, _ = cached_baseline(model, path, train_baseline, no_cache=args.no_cache)
     model.eval()
     return model, {
-        "cache_file": str(path.relative_to(ROOT)),
+        "cache_file": relative(path),
         "loaded_from_cache": cached,
         "train_s": round(time.perf_counter() - started, 1),
     }
@@ -294,7 +250,7 @@ def run_pruner(
         "masks": stats,
     }
     result["acc_no_ft"] = accuracy(model, data["test"])
-    recalibrate_bn(model, data["calib"])
+    recalibrate_bn(model, data["calib"], batches=len(data["calib"]))
     result["acc_bn_recal"] = accuracy(model, data["test"])
     log(
         f"  {mode}/{name}: MACs -{100 * result['macs_reduction']:.1f}%, "
@@ -404,6 +360,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pruners", nargs="+", default=list(PRUNERS))
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--no-cache", action="store_true", help="retrain the baseline")
+    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="trained baselines")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if not 0 < args.sparsity < 1:
@@ -472,10 +429,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "markdown": report,
         "wall_s": round(wall, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, out)
     log(f"wrote {args.out}")
     return out
 

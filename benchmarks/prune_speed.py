@@ -25,14 +25,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import hashlib
-import json
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,16 +34,13 @@ from typing import Any
 import torch
 import torch_pruning as tp
 import torchvision
+from _common import RESULTS, provenance, write_json
 from torch import nn
 
 import cpmc_plugin
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import git_output  # noqa: E402
-
 CLASSIFIER = {"resnet50": "fc", "densenet121": "classifier"}  # model name -> ignored layer
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "prune_speed.json"
+DEFAULT_OUT = RESULTS / "prune_speed.json"
 
 
 def run_host(model: nn.Module, x: torch.Tensor, classifier: nn.Module) -> Any:
@@ -71,10 +62,10 @@ def run_ours(model: nn.Module, x: torch.Tensor, classifier: nn.Module) -> Any:
     return pruner
 
 
-def bench_model(name: str, repeats: int, seed: int) -> dict[str, Any]:
+def bench_model(name: str, repeats: int, seed: int, image_size: int = 224) -> dict[str, Any]:
     torch.manual_seed(seed)
     base = getattr(torchvision.models, name)(weights=None).eval()
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(1, 3, image_size, image_size)
     base_macs, _ = tp.utils.count_ops_and_params(base, x)
     times: dict[str, list[float]] = {"host": [], "ours": []}
     cpu: dict[str, list[float]] = {"host": [], "ours": []}
@@ -133,40 +124,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch.set_num_threads(N); 0 keeps the default"
     )
+    parser.add_argument("--image-size", type=int, default=224, help="input height and width")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    load_before = os.getloadavg()
-    src_diff = git_output("diff", "HEAD", "--", "src")  # the code timed: HEAD plus this diff
-    git = {
-        "git_commit": git_output("rev-parse", "HEAD"),
-        "git_dirty_src": bool(src_diff),
-        "src_diff_sha1": hashlib.sha1(src_diff.encode()).hexdigest() if src_diff else None,
-    }
-    results = [bench_model(name, args.repeats, args.seed) for name in args.models]
+    meta = provenance()  # the code timed: git_commit plus the src diff of src_diff_sha1
+    results = [bench_model(name, args.repeats, args.seed, args.image_size) for name in args.models]
     print(table(results))
-    meta = {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_pruning": tp.__version__,
-        "cpmc_plugin": cpmc_plugin.__version__,
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **git,
-        "loadavg_before_after": [load_before, os.getloadavg()],
-        "repeats": args.repeats,
-        "seed": args.seed,
-        "goal": "ours_s / host_s <= 1.5",
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
+    meta.update(
+        loadavg_before_after=[meta.pop("loadavg"), os.getloadavg()],
+        repeats=args.repeats,
+        seed=args.seed,
+        image_size=args.image_size,
+        goal="ours_s / host_s <= 1.5",
+    )
+    write_json(args.out, {**meta, "results": results})
     print(f"wrote {args.out}")
 
 

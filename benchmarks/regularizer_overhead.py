@@ -22,9 +22,8 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,15 +31,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _common import RESULTS, provenance, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpmc_plugin import OICSRRegularizer
+from cpmc_plugin.models import create_model
 
-from _provenance import ROOT, provenance  # noqa: E402
-
-from cpmc_plugin import OICSRRegularizer  # noqa: E402
-from cpmc_plugin.models import create_model  # noqa: E402
-
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "regularizer_overhead.json"
+DEFAULT_OUT = RESULTS / "regularizer_overhead.json"
 VARIANTS = ("plain", "regularize", "penalty", "proximal")
 GOAL = 0.10
 
@@ -147,10 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         "goal": f"regularize overhead <= {GOAL}",
         "goal_met": met,
         "times_s": times,
-        "loadavg_after": list(__import__("os").getloadavg()),
+        "loadavg_after": list(os.getloadavg()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -18,37 +18,29 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import json
-import os
-import platform
-import shlex
-import subprocess
-import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sklearn
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch_pruning as tp
+from _common import RESULTS, git_state, provenance, train_sgd, write_json
+from _tiny_models import FAMILIES, build_model
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-import cpmc_plugin
-from cpmc_plugin import CPMCImportance, CPMCPruner
+from cpmc_plugin import CPMCImportance
+from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
+from cpmc_plugin.training import recalibrate_bn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tiny_models import FAMILIES, build_model  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "select_presets.json"
+DEFAULT_OUTPUT = RESULTS / "select_presets.json"
 GRID = (0.0, 0.1, 0.25, 0.5, 1.0)
+TRAIN_OPTIONS = ("epochs", "lr", "weight_decay", "batch_size")  # of train(), from the options
 
 
 @dataclass(frozen=True)
@@ -110,25 +102,23 @@ def train(
     seed: int,
 ) -> None:
     """SGD (momentum 0.9, nesterov off) with a one-cycle schedule; fixed shuffling seed."""
-    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     n = len(data.y_train)
-    steps = (n + batch_size - 1) // batch_size
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps
+
+    def epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in torch.randperm(n, generator=generator).split(batch_size):
+            yield data.x_train[idx], data.y_train[idx]
+
+    train_sgd(
+        model,
+        epoch,
+        epochs=epochs,
+        steps_per_epoch=(n + batch_size - 1) // batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule="one-cycle",
+        seed=seed,
     )
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    model.eval()
 
 
 @torch.no_grad()
@@ -138,20 +128,11 @@ def count_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return int((model(x).argmax(1) == y).sum())
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
-    """Reset BatchNorm running stats and re-estimate them (cumulative average) on ``x``."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for start in range(0, len(x), batch_size):
-        model(x[start : start + batch_size])
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.eval()
+def recalibrate(model: nn.Module, data: Digits, batch_size: int) -> None:
+    """BatchNorm statistics measured again: one pass over the training set in batches."""
+    pairs = zip(data.x_train.split(batch_size), data.y_train.split(batch_size), strict=True)
+    batches = list(pairs)
+    recalibrate_bn(model, batches, batches=len(batches))
 
 
 # ---------------------------------------------------------------------------- pruning
@@ -175,14 +156,7 @@ def prune_and_measure(
             importance = CPMCImportance(
                 example, alpha=alpha, beta=beta, p=1, normalizer="max-min", weight_dependency=True
             )
-            pruner = CPMCPruner(
-                model,
-                example,
-                importance=importance,
-                flops_reduction=flops_reduction,
-                ignored_layers=[model.get_submodule("classifier")],
-            )
-            pruner.step()
+            pruner = prune_to_budget(model, example, importance, flops_reduction=flops_reduction)
         report = pruner.report()
     except Exception as error:  # recorded, the grid goes on
         result.error = f"{type(error).__name__}: {error}"
@@ -196,7 +170,7 @@ def prune_and_measure(
     n_test = len(data.y_test)
     result.correct = count_correct(model, data.x_test, data.y_test)
     result.accuracy = result.correct / n_test
-    recalibrate_bn(model, data.x_train, batch_size)
+    recalibrate(model, data, batch_size)
     result.correct_recal = count_correct(model, data.x_test, data.y_test)
     result.accuracy_recal = result.correct_recal / n_test
     return result
@@ -307,47 +281,6 @@ def print_family_table(
         )
 
 
-# ---------------------------------------------------------------------------- provenance
-def provenance(threads: int) -> dict[str, Any]:
-    """Command, platform, versions, git commit and UTC date of this run."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--", "src"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {
-        "command": "python " + shlex.join(sys.argv),
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": {
-            "system": platform.platform(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": threads,
-            "device": "cpu",
-        },
-        "versions": {
-            "cpmc_plugin": cpmc_plugin.__version__,
-            "torch": torch.__version__,
-            "torch_pruning": getattr(tp, "__version__", "unknown"),
-            "scikit_learn": sklearn.__version__,
-            "numpy": np.__version__,
-        },
-        "git": {"commit": commit, "src_dirty": dirty},
-    }
-
-
 # ---------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
@@ -369,7 +302,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch intra-op threads (default 1: on a shared 2-core VM, 2 OpenMP threads "
         "stall at barriers whenever another process takes a core)",
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--out", "--output", dest="output", type=Path, default=DEFAULT_OUTPUT)
     return parser.parse_args(argv)
 
 
@@ -377,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train, prune over the grid, print the tables and write the JSON."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    started = provenance(args.threads)
+    started = provenance()
     wall_start = time.perf_counter()
     data = load_data(size=args.image_size)
     n_test = len(data.y_test)
@@ -390,15 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch.manual_seed(seed)
             model = build_model(family, in_channels=1, num_classes=10)
             start = time.perf_counter()
-            train(
-                model,
-                data,
-                epochs=args.epochs,
-                lr=args.lr,
-                weight_decay=args.weight_decay,
-                batch_size=args.batch_size,
-                seed=seed,
-            )
+            train(model, data, seed=seed, **{k: getattr(args, k) for k in TRAIN_OPTIONS})
             train_seconds = time.perf_counter() - start
             correct = count_correct(model, data.x_test, data.y_test)
             print(
@@ -447,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "test accuracy over seeds (ties: smaller alpha+beta, then smaller alpha)"
         ),
         **started,
-        "git_at_end": provenance(args.threads)["git"],
+        "git_at_end": git_state(),
         "wall_seconds": time.perf_counter() - wall_start,
         "settings": {
             "dataset": "sklearn.datasets.load_digits, /16, bilinear to "
@@ -476,8 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overall_best": best,
         "families": families,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(output, indent=1) + "\n")
+    write_json(args.output, output, indent=1)
     print("\nchosen presets:")
     for name, chosen in output["chosen"].items():
         if chosen:

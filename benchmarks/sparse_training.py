@@ -5,7 +5,7 @@ Protocol (one process, CPU; Fashion-MNIST from the Debian package, 28x28, 10 cla
 1. Baseline: ``resnet20`` (``--model``) trained with ``cpmc_plugin.training.fit``
    (SGD momentum 0.9, weight decay 5e-4, cosine learning rate from ``--lr``, batch 128)
    for ``--epochs`` on ``--train-subset`` training images (seeded subset). Cached in
-   ``benchmarks/results/cache/`` (``--no-cache`` retrains).
+   ``--cache-dir`` (default ``benchmarks/results/cache/``; ``--no-cache`` retrains).
 2. Sparse phase, per method, on a copy of the baseline: ``--sparse-epochs`` of ``fit``
    from ``--sparse-lr`` with the method's regularizer:
 
@@ -56,24 +56,21 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from _common import CACHE_DIR, RESULTS, cached_baseline, provenance, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import ROOT, provenance  # noqa: E402
-
-from cpmc_plugin import (  # noqa: E402
+from cpmc_plugin import (
     CPMCImportance,
-    CPMCPruner,
     OICSRImportance,
     SSRImportance,
     attach_auxiliary_classifiers,
     make_regularizer,
 )
-from cpmc_plugin.data import make_loaders  # noqa: E402
-from cpmc_plugin.models import create_model  # noqa: E402
-from cpmc_plugin.training import accuracy, distributed, fit, recalibrate_bn  # noqa: E402
+from cpmc_plugin.data import make_loaders
+from cpmc_plugin.models import create_model
+from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
+from cpmc_plugin.training import accuracy, distributed, fit, recalibrate_bn
 
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "sparse_training.json"
-CACHE_DIR = ROOT / "benchmarks" / "results" / "cache"
+DEFAULT_OUT = RESULTS / "sparse_training.json"
 METHODS = (
     "none",
     "oicsr",
@@ -199,14 +196,9 @@ def run_method(
     if args.sparse_only:
         row["seconds"] = round(time.time() - started, 1)
         return row
-    pruner = CPMCPruner(
-        model,
-        x,
-        importance=importance_for(method, x),
-        flops_reduction=args.flops_reduction,
-        ignored_layers=[model.classifier],
+    pruner = prune_to_budget(
+        model, x, importance_for(method, x), flops_reduction=args.flops_reduction
     )
-    pruner.prune()
     report = pruner.report()
     recalibrate_bn(model, data["calib"])
     row.update(
@@ -225,16 +217,16 @@ def run_method(
 def baseline(data: dict[str, Any], args: argparse.Namespace) -> nn.Module:
     model = create_model(args.model, num_classes=10, in_channels=1)
     sizes = f"n{args.train_subset}-e{args.epochs}-lr{args.lr}-s{args.seed}"
-    key = f"sparse-fashion-{args.model}-{sizes}"
-    path = CACHE_DIR / f"{key}.pt"
-    if path.exists() and not args.no_cache:
-        model.load_state_dict(torch.load(path, weights_only=True))
-        log(f"baseline from cache {path.name}")
-        return model
-    torch.manual_seed(args.seed)
-    fit(model, data["train"], epochs=args.epochs, lr=args.lr, env=distributed(), desc="baseline")
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    path = args.cache_dir / f"sparse-training-fashion-{args.model}-{sizes}.pt"
+
+    def train_baseline() -> dict[str, Any]:
+        torch.manual_seed(args.seed)
+        fit(
+            model, data["train"], epochs=args.epochs, lr=args.lr, env=distributed(), desc="baseline"
+        )
+        return {}
+
+    cached_baseline(model, path, train_baseline, no_cache=args.no_cache)
     return model
 
 
@@ -296,6 +288,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="trained baselines")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--markdown", type=Path, default=None)
@@ -333,7 +326,7 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
         for part, count in zip(parts, counts, strict=True)
     ]
     del result["command"], result["provenance"]
-    args.out.write_text(json.dumps(result, indent=2, default=str))
+    write_json(args.out, result, default=str)
     print(table(result))
     if args.markdown:
         args.markdown.write_text(table(result) + "\n")
@@ -372,8 +365,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row = run_method(method, strength, base, x, data, args)
             result["rows"].append(row)
             log(json.dumps(row))
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=2, default=str))
+            write_json(args.out, result, default=str)
     if args.sparse_only:
         return result
     print(table(result))

@@ -451,9 +451,11 @@ def test_combined_loss_gradients_reach_the_aux_outputs_scaled() -> None:
     torch.testing.assert_close(aux.grad, torch.tensor([[0.25, -0.25]]))
 
 
-@pytest.mark.parametrize("weight", [-0.1, float("nan"), "0.3"])
-def test_combined_loss_bad_weight(weight: Any) -> None:
-    with pytest.raises(ValueError, match=r"aux_weight must be a finite number >= 0"):
+@pytest.mark.parametrize(
+    ("weight", "error"), [(-0.1, ValueError), (float("nan"), ValueError), ("0.3", TypeError)]
+)
+def test_combined_loss_bad_weight(weight: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match=r"aux_weight must be a finite number >= 0"):
         combined_loss(torch.zeros(1, 2), torch.tensor([0]), aux_weight=weight)
 
 
@@ -465,11 +467,8 @@ def test_combined_loss_bad_weight(weight: Any) -> None:
         (["1", "99"], 10, r"at names modules the model does not have: \['99'\]"),
         ([""], 10, r"at names modules the model does not have: \[''\]"),
         ([], 10, r"at must be a non-empty list of module names, got \[\]"),
-        ("1", 10, r"at must be a non-empty list of module names, got '1'"),
         (["1", "5", "1"], 10, r"at names a module twice: \['1', '5', '1'\]"),
         (["1"], 0, r"num_classes must be an integer >= 1, got 0"),
-        (["1"], 2.0, r"num_classes must be an integer >= 1, got 2.0"),
-        (["1"], True, r"num_classes must be an integer >= 1, got True"),
         (
             ["11"],
             10,
@@ -487,6 +486,24 @@ def test_bad_input(at: Any, num_classes: Any, message: str) -> None:
         attach_auxiliary_classifiers(net, at=at, num_classes=num_classes)
     assert_state_unchanged(net, before)
     assert structure(net) == names
+    assert hooks_left(net) == []
+
+
+@pytest.mark.parametrize(
+    ("at", "num_classes", "message"),
+    [
+        ("1", 10, r"at must be a non-empty list of module names, got '1'"),
+        (["1"], 2.0, r"num_classes must be an integer >= 1, got 2.0"),
+        (["1"], True, r"num_classes must be an integer >= 1, got True"),
+    ],
+)
+def test_wrong_types(at: Any, num_classes: Any, message: str) -> None:
+    """A value of the wrong type is a TypeError (the package's one validator rule)."""
+    net = small_net()
+    before = snapshot(net)
+    with pytest.raises(TypeError, match=message):
+        attach_auxiliary_classifiers(net, at=at, num_classes=num_classes)
+    assert_state_unchanged(net, before)
     assert hooks_left(net) == []
 
 

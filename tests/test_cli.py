@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cpmc_plugin.cli.commands as cli_main
+import cpmc_plugin.cli.train as cli_train
 from cpmc_plugin.cli import Checkpoint, main
 
 pytest.importorskip("sklearn")
@@ -125,7 +125,7 @@ def test_evaluate_prints_accuracy(run_dir: Path, capsys: pytest.CaptureFixture[s
 def test_training_resumes_after_an_interruption(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real_fit = cli_main.fit
+    real_fit = cli_train.fit  # the name run_training looks up
 
     def interrupted_fit(*args, on_epoch_end, **kwargs):
         def stop_after_first(epoch: int, state: dict) -> None:
@@ -136,12 +136,12 @@ def test_training_resumes_after_an_interruption(
 
     out = tmp_path / "base.pt"
     argv = ["train", "--model", "resnet20", "--epochs", "2", "--out", str(out), *QUICK]
-    monkeypatch.setattr(cli_main, "fit", interrupted_fit)
+    monkeypatch.setattr(cli_train, "fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):
         main(argv)
     saved = Checkpoint.load(out)
     assert saved.training is not None and saved.training["next_epoch"] == 1
-    monkeypatch.setattr(cli_main, "fit", real_fit)
+    monkeypatch.setattr(cli_train, "fit", real_fit)
     assert main([*argv, "--resume"]) == 0
     assert "resuming train at epoch 2 of 2" in capsys.readouterr().out
     done = Checkpoint.load(out)
@@ -297,3 +297,38 @@ def test_demo_picks_the_preset_of_the_model_family() -> None:
         "resnet",
     ]
     assert family_of("tv:mobilenet_v2") is None  # CPMC's default alpha/beta then
+
+
+def test_both_checkpoint_formats_replay_a_history_the_same_way(tmp_path: Path) -> None:
+    from cpmc_plugin import CPMCPruner, load_pruned, save_pruned
+    from cpmc_plugin.models import create_model
+    from cpmc_plugin.torch_pruning.history import plain_history, replay_history
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=3, in_channels=1)
+    ckpt = Checkpoint("resnet20", {"num_classes": 3, "in_channels": 1}, "digits", 8, {})
+    x = ckpt.example_inputs
+    pruner = CPMCPruner(model, x, flops_reduction=0.4, ignored_layers=[model.classifier])
+    pruner.step()
+    history = pruner.pruning_history()
+    saved = plain_history(history)
+
+    replayed = create_model("resnet20", num_classes=3, in_channels=1)
+    replay_history(replayed, saved, x)
+    assert plain_history(history) == saved  # the history itself is left as it was
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in replayed.state_dict().items()} == shapes
+
+    save_pruned(model, tmp_path / "m.pt", history)
+    fresh = create_model("resnet20", num_classes=3, in_channels=1)
+    from_file = load_pruned(fresh, tmp_path / "m.pt", x)
+    from_ckpt = Checkpoint.of(model, like=ckpt, history=history).build()
+    for net in (model, from_file, from_ckpt):
+        net.eval()
+    assert torch.equal(from_file(x), model(x)) and torch.equal(from_ckpt(x), model(x))
+
+    untouched = create_model("resnet20", num_classes=3, in_channels=1)
+    before = {k: v.clone() for k, v in untouched.state_dict().items()}
+    replay_history(untouched, [], "not traced")  # an empty history traces nothing
+    after = untouched.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

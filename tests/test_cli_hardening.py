@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cpmc_plugin.cli._common as cli_common
 import cpmc_plugin.cli.commands as cli_main
 from cpmc_plugin.cli import Checkpoint, build_parser, main
 from cpmc_plugin.cli.report import channels_figure, curve_figure
@@ -138,13 +139,13 @@ def test_report_prunes_each_curve_with_its_named_settings(
     demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     used: list[CriterionSettings] = []
-    real = cli_main.prune_model
+    real = CriterionSettings.prune  # what write_report calls for every point
 
-    def recording(model, ckpt, settings, **kwargs):
+    def recording(settings, model, example_inputs, **kwargs):
         used.append(settings)
-        return real(model, ckpt, settings, **kwargs)
+        return real(settings, model, example_inputs, **kwargs)
 
-    monkeypatch.setattr(cli_main, "prune_model", recording)
+    monkeypatch.setattr(CriterionSettings, "prune", recording)
     common = ["--baseline", str(demo_dir / "baseline.pt"), "--rates", "0.4", *TINY]
     final = ["--checkpoint", str(demo_dir / "finetuned.pt")]
     argv = ["report", *common, *final, "--criteria", "cpmc", "cpmc-a", "l1"]
@@ -280,16 +281,16 @@ def test_data_set_errors_name_the_clis_flags(
 
 def test_download_flag_reaches_the_data_sets(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
-    real = cli_main.make_loaders
+    real = cli_common.make_loaders  # the name loaders() looks up
 
     def recording(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **{**kwargs, "download": False})
 
-    monkeypatch.setattr(cli_main, "make_loaders", recording)
+    monkeypatch.setattr(cli_common, "make_loaders", recording)
     args = build_parser().parse_args(["evaluate", "--checkpoint", "x.pt", "--download"])
     ckpt = Checkpoint("resnet20", {"num_classes": 10, "in_channels": 1}, "digits", 8, {})
-    cli_main._loaders(ckpt, args, cli_main.distributed())
+    cli_common.loaders(ckpt, args, cli_main.distributed())
     assert seen["download"] is True
     assert seen["option_names"] == {"root": "--data-root DIR", "download": "--download"}
 

@@ -28,7 +28,7 @@ def test_degenerate_layers_stay_finite(method: str | None, values: list[float]) 
 
 
 def test_unknown_normalizer() -> None:
-    with pytest.raises(ValueError, match=r"unknown normalizer 'z'; allowed: 'max-min', 'l2'"):
+    with pytest.raises(ValueError, match=r"normalizer must be one of 'max-min', 'l2', 'max', None"):
         normalize(torch.ones(2), "z")
 
 

@@ -83,7 +83,7 @@ def test_list_and_info() -> None:
 @pytest.mark.parametrize("call", ["info", "load", "loaders"])
 def test_unknown_name(call: str) -> None:
     with pytest.raises(
-        ValueError, match=r"unknown dataset 'mnist'; known datasets: 'digits'.*'svhn'"
+        ValueError, match=r"unknown dataset 'mnist'; known datasets: digits, .*, svhn$"
     ):
         if call == "info":
             dataset_info("mnist")
@@ -174,27 +174,33 @@ def test_subsets_deterministic() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
-        ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
-        ({"batch_size": True}, "batch_size must be an integer >= 1, got True"),
-        ({"num_workers": -1}, "num_workers must be an integer >= 0"),
-        ({"train_subset": 0}, "train_subset must be an integer >= 1, got 0"),
-        ({"test_subset": 361}, r"test_subset=361 is larger than the split \(360 items\)"),
-        ({"download": "yes"}, "download must be True or False"),
-        ({"distributed": True}, "distributed=True needs an initialized process group"),
+        ({"batch_size": 0}, ValueError, "batch_size must be an integer >= 1, got 0"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an integer >= 1, got 2.5"),
+        ({"batch_size": True}, TypeError, "batch_size must be an integer >= 1, got True"),
+        ({"num_workers": -1}, ValueError, "num_workers must be an integer >= 0"),
+        ({"train_subset": 0}, ValueError, "train_subset must be None or an integer >= 1, got 0"),
+        (
+            {"test_subset": 361},
+            ValueError,
+            r"test_subset=361 is larger than the split \(360 items\)",
+        ),
+        ({"download": "yes"}, TypeError, "download must be True or False"),
+        ({"distributed": True}, ValueError, "distributed=True needs an initialized process group"),
     ],
 )
-def test_bad_loader_arguments(kwargs: dict[str, object], match: str) -> None:
+def test_bad_loader_arguments(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
     if kwargs.get("distributed") and dist.is_available() and dist.is_initialized():
         pytest.skip("a process group is already initialized")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         make_loaders("digits", **kwargs)  # type: ignore[arg-type]
 
 
 def test_bad_augment_argument() -> None:
-    with pytest.raises(ValueError, match="augment must be True, False or None, got 1"):
+    with pytest.raises(TypeError, match="augment must be True or False, got 1"):
         load_dataset("digits", train=True, augment=1)  # type: ignore[arg-type]
 
 

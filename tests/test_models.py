@@ -125,7 +125,7 @@ def test_prune_one_channel_28x28(builder: Callable[..., nn.Module]) -> None:
 def test_unknown_name_lists_known_models() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'resnet57'; known models: densenet40, "):
         create_model("resnet57")
-    with pytest.raises(ValueError, match="must be a str"):
+    with pytest.raises(TypeError, match="model name must be a str, got int"):
         create_model(20)  # type: ignore[arg-type]
 
 
@@ -138,11 +138,13 @@ def test_names_are_case_insensitive(name: str) -> None:
 @pytest.mark.parametrize("arg", ["num_classes", "in_channels"])
 @pytest.mark.parametrize("value", [0, -1, 2.5, True, "10", None])
 def test_bad_kwargs(arg: str, value: object) -> None:
-    with pytest.raises(ValueError, match=arg):
+    # a wrong type is a TypeError, a wrong value (an int below 1) a ValueError
+    error = ValueError if isinstance(value, int) and not isinstance(value, bool) else TypeError
+    with pytest.raises(error, match=f"{arg} must be an integer >= 1"):
         create_model("resnet20", **{arg: value})
-    with pytest.raises(ValueError, match=arg):
+    with pytest.raises(error, match=arg):
         vgg16(**{arg: value})  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=arg):
+    with pytest.raises(error, match=arg):
         create_model("tv:resnet18", **{arg: value})
 
 

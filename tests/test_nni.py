@@ -266,9 +266,14 @@ def _same(model: nn.Module, snapshot) -> bool:
         (
             [{"op_types": ["Conv2d"], "sparse_ratio": 1.0}],
             {},
-            r"sparse_ratio must be a number in \[0, 1\)",
+            r"sparse_ratio must be in \[0, 1\), got 1.0",
         ),
-        ([{"op_types": ["Conv2d"], "sparse_ratio": -0.1}], {}, r"sparse_ratio must be a number"),
+        ([{"op_types": ["Conv2d"], "sparse_ratio": -0.1}], {}, r"sparse_ratio must be in \[0, 1\)"),
+        (
+            [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "max_sparse_ratio": 0}],
+            {},
+            r"max_sparse_ratio must be in \(0, 1\], got 0",
+        ),
         ([{"op_types": ["BatchNorm2d"], "sparse_ratio": 0.5}], {}, r"Conv and Linear layers only"),
         ([{"op_types": ["Conv2d"]}], {}, r"needs sparse_ratio unless flops_reduction"),
         ([{"sparse_ratio": 0.5}], {}, r"needs one of op_types"),
@@ -277,6 +282,11 @@ def _same(model: nn.Module, snapshot) -> bool:
             [{"op_types": ["Conv2d"], "sparse_ratio": 0.9, "max_sparse_ratio": 0.5}],
             {},
             r"sparse_ratio cannot be met",
+        ),
+        (
+            [{"op_types": ["Conv2d"], "sparse_ratio": 0.25, "min_sparse_ratio": 0.5}],
+            {},
+            r"sparse_ratio cannot be met for .*min_sparse_ratio alone removes",
         ),
         (
             [
@@ -307,6 +317,27 @@ def test_bad_config_is_refused_and_the_model_untouched(config, options, match) -
     assert _same(model, snapshot)
 
 
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"op_types": ["Conv2d"], "sparse_ratio": 0.5}, r"config_list must be a non-empty list"),
+        ([["op_types", "Conv2d"]], r"every config_list entry must be a dict"),
+        ([{"op_types": ["Conv2d"], "sparse_ratio": "0.5"}], r"sparse_ratio must be in \[0, 1\)"),
+        ([{"op_types": ["Conv2d"], "sparse_ratio": True}], r"sparse_ratio must be in .*got True"),
+        (
+            [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "min_sparse_ratio": None}],
+            r"min_sparse_ratio must be in \[0, 1\), got None",
+        ),
+    ],
+)
+def test_a_config_of_the_wrong_type_is_a_type_error(config, match) -> None:
+    model = resnet18()
+    snapshot = _snapshot(model)
+    with pytest.raises(TypeError, match=match):
+        CPMCPruner(model, config, example_inputs=X64)
+    assert _same(model, snapshot)
+
+
 def test_masks_that_do_not_fit_are_refused() -> None:
     model = resnet18()
     snapshot = _snapshot(model)
@@ -322,6 +353,35 @@ def test_masks_that_do_not_fit_are_refused() -> None:
         with pytest.raises(ValueError, match=match):
             speedup(model, masks, X64)
         assert _same(model, snapshot)
+    wrong_types = [
+        ([("conv1", good)], r"masks must be a non-empty .* dict, got list"),
+        ({"conv1": good}, r"masks\['conv1'\] must be a \{target_name: mask\} dict, got Tensor"),
+        ({"conv1": {"weight": good.tolist()}}, r"mask of conv1.weight must be a tensor, got list"),
+    ]
+    for masks, match in wrong_types:
+        with pytest.raises(TypeError, match=match):
+            speedup(model, masks, X64)
+        assert _same(model, snapshot)
+
+
+def test_speedup_undoes_everything_when_torch_pruning_fails(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    snapshot = _snapshot(model)
+    mask = torch.ones(8, 3, 3, 3)
+    mask[:3] = 0
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tp.dependency.Group, "prune", fail)
+    with pytest.raises(
+        ValueError,
+        match=r"speedup was undone and the model left as it was: torch-pruning failed to "
+        r"remove 3 channels of 0: RuntimeError: boom\. Exclude 0 from config_list",
+    ):
+        speedup(model, {"0": {"weight": mask}}, torch.randn(1, 3, 8, 8))
+    assert _same(model, snapshot)  # unmasked too
 
 
 def test_speedup_refuses_a_wrapped_model() -> None:
@@ -339,6 +399,63 @@ def test_build_pruner_refuses_unknown_names_and_misplaced_options() -> None:
         build_pruner("SuperPruner", resnet18(), GLOBAL)
     with pytest.raises(ValueError, match=r"flops_reduction is a CPMCPruner option"):
         build_pruner("L1NormPruner", resnet18(), GLOBAL, flops_reduction=0.5)
+
+
+@pytest.fixture
+def pruners(monkeypatch):
+    """A private copy of the pruner registry, so that a test's registrations do not leak."""
+    from cpmc_plugin.core.registry import Registry
+    from cpmc_plugin.nni import registry
+
+    fresh = Registry("pruner", sort=True)
+    for name in registry.PRUNERS.names():
+        fresh.register(name, registry.PRUNERS.get(name))
+    monkeypatch.setattr(registry, "PRUNERS", fresh)
+    return fresh
+
+
+def test_register_pruner_adds_a_pruner_build_pruner_finds_by_any_case(pruners) -> None:
+    from nni.compression.pruning import L1NormPruner
+
+    from cpmc_plugin.nni import register_pruner
+
+    class MyPruner(L1NormPruner):
+        pass
+
+    class Other(L1NormPruner):
+        pass
+
+    register_pruner("MyPruner", MyPruner)
+    assert "MyPruner" in list_pruners() and list_pruners() == sorted(list_pruners())
+    config = [{"op_types": ["Conv2d"], "sparse_ratio": 0.3}]
+    assert type(build_pruner("  mypruner ", resnet18(), config, example_inputs=X64)) is MyPruner
+    with pytest.raises(ValueError, match=r"a pruner named 'MYPRUNER' is registered already"):
+        register_pruner("MYPRUNER", Other)
+    register_pruner("mypruner", Other, replace=True)  # one entry, under the new spelling
+    assert [n for n in list_pruners() if n.lower() == "mypruner"] == ["mypruner"]
+    assert type(build_pruner("MyPruner", resnet18(), config)) is Other
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "error", "match"),
+    [
+        ("Mine", nn.Conv2d, TypeError, r"cls must be a subclass of .*Pruner, got .*Conv2d"),
+        ("Mine", "L1NormPruner", TypeError, r"cls must be a subclass of .*Pruner"),
+        (3, None, TypeError, r"pruner name must be a str, got int"),
+        ("", None, ValueError, r"a pruner name must be non-empty"),
+    ],
+)
+def test_register_pruner_refuses_what_is_not_a_pruner(pruners, name, cls, error, match) -> None:
+    from nni.compression.pruning import L1NormPruner
+
+    from cpmc_plugin.nni import register_pruner
+
+    before = list_pruners()
+    with pytest.raises(error, match=match):
+        register_pruner(name, L1NormPruner if cls is None else cls)
+    assert list_pruners() == before
+    with pytest.raises(TypeError, match=r"pruner name must be a str"):
+        build_pruner(3, resnet18(), GLOBAL)
 
 
 # ---------------------------------------------------------------------- NNI's own keys
@@ -426,19 +543,19 @@ def test_the_config_nni_writes_for_a_grouped_conv_is_honoured() -> None:
 
 
 @pytest.mark.parametrize(
-    ("block", "match"),
+    ("block", "error", "match"),
     [
-        (3, r"32 output channels do not split into 3 equal blocks"),
-        (0, r"internal_metric_block must be a positive integer"),
-        (True, r"internal_metric_block must be a positive integer"),
-        (2.0, r"internal_metric_block must be a positive integer"),
+        (3, ValueError, r"32 output channels do not split into 3 equal blocks"),
+        (0, ValueError, r"internal_metric_block must be an integer >= 1, got 0"),
+        (True, TypeError, r"internal_metric_block must be an integer >= 1, got True"),
+        (2.0, TypeError, r"internal_metric_block must be an integer >= 1, got 2.0"),
     ],
 )
-def test_internal_metric_blocks_that_do_not_fit_are_refused(block, match) -> None:
+def test_internal_metric_blocks_that_do_not_fit_are_refused(block, error, match) -> None:
     model = build(ARCHS[0])
     snapshot = _snapshot(model)
     config = [{"op_names": ["features.0.0"], "sparse_ratio": 0.5, "internal_metric_block": block}]
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         CPMCPruner(model, config, example_inputs=X32)
     assert _same(model, snapshot)
 

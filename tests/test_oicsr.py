@@ -262,17 +262,17 @@ def _unchanged(net: nn.Module, state: dict[str, torch.Tensor]) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("options", "match"),
+    ("options", "error", "match"),
     [
-        ({"lam": -1e-4}, r"lam must be a finite number >= 0, got -0.0001"),
-        ({"lam": float("nan")}, r"lam must be a finite number >= 0, got nan"),
-        ({"lam": "big"}, r"lam must be a finite number >= 0, got 'big'"),
+        ({"lam": -1e-4}, ValueError, r"lam must be a finite number >= 0, got -0.0001"),
+        ({"lam": float("nan")}, ValueError, r"lam must be a finite number >= 0, got nan"),
+        ({"lam": "big"}, TypeError, r"lam must be a finite number >= 0, got 'big'"),
     ],
 )
-def test_bad_lam_is_refused(options: dict, match: str) -> None:
+def test_bad_lam_is_refused(options: dict, error: type[Exception], match: str) -> None:
     net = three_layer()
     state = _state(net)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         OICSRRegularizer(net, X1, ignored_layers=[net.fc], **options)
     assert _unchanged(net, state)
 

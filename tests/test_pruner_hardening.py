@@ -384,7 +384,7 @@ def test_isomorphic_ranks_within_isomorphic_groups() -> None:
     assert second == 0 and first > 0.3  # a global ranking leaves the fc-side groups alone
     first, second = _scope_fractions(pruned(isomorphic=True))
     assert second > 0 and abs(first - second) <= 1 / 16  # every scope gives up the same share
-    with pytest.raises(TypeError, match="isomorphic must be a bool"):
+    with pytest.raises(TypeError, match="isomorphic must be True or False, got 'yes'"):
         CPMCPruner(two_branch(), x, isomorphic="yes")
 
 
@@ -406,3 +406,39 @@ def test_refused_options_say_why() -> None:
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(TypeError, match=r"pruning_ratio \(the budget .* replaces it\)"):
         CPMCPruner(net, x, pruning_ratio=0.5)
+
+
+class TransposeNet(nn.Module):
+    """A decoder-style net: a ConvTranspose2d between two convs (torch-pruning's own case)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.ConvTranspose2d(16, 64, 2, stride=2), nn.BatchNorm2d(64)
+        self.conv3 = nn.Conv2d(64, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        return self.conv3(F.relu(self.bn2(self.conv2(x))))
+
+
+@pytest.mark.parametrize("isomorphic", [False, True])
+def test_conv_transpose_meets_each_iterative_budget(isomorphic: bool) -> None:
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    net = TransposeNet().train()
+    x = torch.randn(1, 3, 16, 16)
+    base = tp.utils.count_ops_and_params(net, x)[0]
+    pruner = CPMCPruner(
+        net, x, flops_reduction=0.75, iterative_steps=5, ignored_layers=[net.conv3],
+        isomorphic=isomorphic,
+    )  # fmt: skip
+    for step in range(1, 6):
+        for group in pruner.step(interactive=True):
+            group.prune()
+        macs = tp.utils.count_ops_and_params(net, x)[0]
+        tolerance = max(0.005, pruner._granularity / base)
+        assert abs((1 - macs / base) - 0.75 * step / 5) <= tolerance + 1e-9
+    assert net.training and net(x).shape == (1, 8, 32, 32)
+    assert net.conv2.in_channels == net.conv1.out_channels < 16

@@ -321,15 +321,11 @@ def bad_input_net() -> nn.Sequential:
         ({"rho": 1.0, "kind": "l20", "keep": 5}, r"keep must be between 1 and .* \(4\), got 5"),
         ({"rho": 1.0, "kind": "l20", "keep": 1.5}, r"keep as a fraction must be in \(0, 1\]"),
         ({"rho": 1.0, "kind": "l20", "keep": 0.0}, r"keep as a fraction must be in \(0, 1\]"),
-        ({"rho": 1.0, "kind": "l20", "keep": True}, r"keep must be an integer or a fraction"),
-        ({"rho": 1.0, "kind": "l20", "keep": "2"}, r"keep must be an integer or a fraction"),
         ({"rho": 1.0, "kind": "l20"}, r"kind='l20' needs keep"),
         ({"rho": 1.0, "kind": "l21", "keep": 2}, r"keep is for kind='l20'"),
         ({"rho": 1.0, "kind": "l20", "keep": 2, "lam": 0.1}, r"lam is for kind='l21'"),
         ({"rho": 1.0, "lam": -0.1}, r"lam must be a finite number >= 0, got -0.1"),
         ({"rho": 1.0, "update_every": 0}, r"update_every must be an integer >= 1, got 0"),
-        ({"rho": 1.0, "update_every": 2.0}, r"update_every must be an integer >= 1, got 2.0"),
-        ({"rho": 1.0, "scale_by_group_size": 1}, r"scale_by_group_size must be True or False"),
     ],
 )
 def test_bad_options(kwargs: dict[str, Any], message: str) -> None:
@@ -339,6 +335,25 @@ def test_bad_options(kwargs: dict[str, Any], message: str) -> None:
         SSRRegularizer(net, torch.randn(2, 1, 8, 8), ignored_layers=[net[3]], **kwargs)
     assert_state_unchanged(net, before)
     assert net.training
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rho": 1.0, "kind": "l20", "keep": True}, r"keep must be an integer or a fraction"),
+        ({"rho": 1.0, "kind": "l20", "keep": "2"}, r"keep must be an integer or a fraction"),
+        ({"rho": 1.0, "update_every": 2.0}, r"update_every must be an integer >= 1, got 2.0"),
+        ({"rho": 1.0, "scale_by_group_size": 1}, r"scale_by_group_size must be True or False"),
+        ({"rho": "1"}, r"rho must be a finite number > 0, got '1'"),
+    ],
+)
+def test_wrong_option_types(kwargs: dict[str, Any], message: str) -> None:
+    """A value of the wrong type is a TypeError (the package's one validator rule)."""
+    net = bad_input_net()
+    before = snapshot(net)
+    with pytest.raises(TypeError, match=message):
+        SSRRegularizer(net, torch.randn(2, 1, 8, 8), ignored_layers=[net[3]], **kwargs)
+    assert_state_unchanged(net, before)
 
 
 def test_ignored_layer_from_another_model() -> None:

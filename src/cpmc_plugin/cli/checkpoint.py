@@ -10,7 +10,6 @@ previous file as it was.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import pickle
@@ -24,8 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..models import create_model
-from ..torch_pruning.history import _plain_history
-from ..torch_pruning.host import DependencyGraph
+from ..torch_pruning.history import plain_history, replay_history
 
 __all__ = ["FORMAT", "Checkpoint", "example_inputs_for"]
 
@@ -71,7 +69,7 @@ class Checkpoint:
             dataset=like.dataset,
             image_size=like.image_size,
             state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            pruning_history=_plain_history(like.pruning_history if history is None else history),
+            pruning_history=plain_history(like.pruning_history if history is None else history),
             metrics={**like.metrics, **(metrics or {})},
             training=training,
         )
@@ -79,9 +77,7 @@ class Checkpoint:
     def build(self) -> nn.Module:
         """The model: the architecture, pruned as recorded, with the saved weights."""
         model = create_model(self.model_name, **self.model_kwargs)
-        if self.pruning_history:
-            graph = DependencyGraph().build_dependency(model, self.example_inputs)
-            graph.load_pruning_history(copy.deepcopy(self.pruning_history))
+        replay_history(model, self.pruning_history, self.example_inputs)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as error:

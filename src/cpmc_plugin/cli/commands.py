@@ -1,6 +1,8 @@
 """``cpmc-prune``: train, prune to a FLOPs budget, fine-tune, evaluate, report; or the demo.
 
 Every command reads and writes :class:`~cpmc_plugin.cli.checkpoint.Checkpoint` files.
+The parser lives in :mod:`.parser`, its argument types in :mod:`.argtypes`, the training
+run in :mod:`.train`; this module holds the commands and the entry point.
 A bad argument, a missing or corrupt checkpoint, or an output that exists already
 gives a one-line error and exit code 2; no file is written then. Every command first
 sets its thread count and seeds every generator (before the model is built or any
@@ -11,29 +13,32 @@ data drawn), and prints both in its header: the same command with the same
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, list_presets
-from ..data import dataset_info, list_datasets, make_loaders
-from ..models import create_model, list_models
-from ..sparse.auxiliary import AuxiliaryClassifiers, attach_auxiliary_classifiers
-from ..sparse.factory import SPARSE_METHODS, make_regularizer
-from ..sparse.protocol import SparseRegularizer
-from ..torch_pruning.counting import count_ops_and_params
-from ..torch_pruning.criteria import CRITERIA, needs_gradients
+from ..core.presets import family_of
+from ..data import dataset_info, make_loaders
+from ..models import create_model
+from ..torch_pruning.criteria import needs_gradients
 from ..torch_pruning.pruner import CPMCPruner
-from ..training import Distributed, accuracy, distributed, fit
+from ..training import accuracy, distributed, fit
 from . import report as reporting
+from ._common import (
+    CLI_OPTION_NAMES,
+    DEFAULT_FLOPS_REDUCTION,
+    counts,
+    fresh_directory,
+    fresh_output,
+    loaders,
+)
+from .argtypes import fraction, non_negative, non_negative_int, positive_int, unit_interval
 from .checkpoint import Checkpoint
+from .parser import HelpFormatter, build_parser
 from .settings import (
     DEMO_MAX_THREADS,
     CriterionSettings,
@@ -41,253 +46,52 @@ from .settings import (
     resolve_threads,
     seed_everything,
 )
+from .train import run_training
 
-__all__ = ["DEFAULT_FLOPS_REDUCTION", "HelpFormatter", "build_parser", "main", "prune_model"]
-
-#: the budget of ``prune`` when neither --flops-reduction nor --params-reduction is given
-DEFAULT_FLOPS_REDUCTION = 0.5
-#: how data-set errors name the data options: the CLI's flags, not Python's arguments
-CLI_OPTION_NAMES = {"root": "--data-root DIR", "download": "--download"}
-
-
-# ---------------------------------------------------------------------- argument types
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and 0 < value < 1):
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-# ---------------------------------------------------------------------- helpers
-def family_of(model_name: str) -> str | None:
-    """The CPMC preset family of a model name ("resnet", "vgg", "densenet"), if it has one."""
-    name = model_name.lower().removeprefix("tv:")
-    return next((family for family in list_presets() if name.startswith(family)), None)
-
-
-def _fresh_output(path: Path, force: bool, resume: bool = False) -> None:
-    if path.is_dir():
-        raise ValueError(
-            f"--out {path} is a directory; expected the path of a checkpoint file "
-            f"(such as {path / 'model.pt'})"
-        )
-    if path.exists() and not (force or resume):
-        raise ValueError(f"{path} exists; pass --force to overwrite it")
-
-
-def _fresh_directory(path: Path, force: bool) -> None:
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out-dir {path} is a file; expected a directory")
-    if path.exists() and any(path.iterdir()) and not force:
-        raise ValueError(f"{path} is not empty; pass --force to write into it")
-
-
-def _loaders(ckpt: Checkpoint, args: argparse.Namespace, env: Distributed) -> tuple[Any, Any]:
-    train, test, _ = make_loaders(
-        ckpt.dataset,
-        args.data_root,
-        batch_size=args.batch_size,
-        download=args.download,
-        train_subset=args.train_subset,
-        seed=args.seed,
-        distributed=env.world_size > 1,
-        option_names=CLI_OPTION_NAMES,
-    )
-    return train, test
-
-
-def _counts(model: nn.Module, ckpt: Checkpoint) -> tuple[int, int]:
-    macs, params = count_ops_and_params(model, ckpt.example_inputs)
-    return int(macs), int(params)
-
-
-def _sparse_setup(
-    model: nn.Module, ckpt: Checkpoint, args: argparse.Namespace
-) -> tuple[nn.Module, SparseRegularizer | None]:
-    """The module to train (with auxiliary classifiers when asked) and the regularizer."""
-    wanted = args.sparse is not None or args.aux_at
-    if wanted and args.resume:
-        raise ValueError(
-            "--resume does not restore the state of --sparse / --aux-at training; "
-            "start the run again without --resume"
-        )
-    ssr = {"rho": args.rho, "keep": args.keep}
-    if args.sparse is None:
-        options = {"lam": args.lam, "fista-momentum": args.fista_momentum, **ssr}
-        given = [f"--{k}" for k, v in options.items() if v is not None]
-        if args.update_every != 1:
-            given.append("--update-every")
-        if given:
-            raise ValueError(f"{', '.join(given)} need --sparse")
-        regularizer = None
-    else:
-        classifier = getattr(model, "classifier", None)
-        regularizer = make_regularizer(
-            args.sparse,
-            model,
-            ckpt.example_inputs,
-            strength=args.lam,
-            update_every=args.update_every,
-            momentum=args.fista_momentum,
-            ignored_layers=[classifier] if isinstance(classifier, nn.Module) else None,
-            **{k: v for k, v in ssr.items() if v is not None},
-        )
-    trained: nn.Module = model
-    if args.aux_at:
-        num_classes = ckpt.model_kwargs.get("num_classes")
-        if not num_classes:
-            raise ValueError("--aux-at needs a checkpoint that records num_classes")
-        trained = attach_auxiliary_classifiers(
-            model, args.aux_at, num_classes, example_inputs=ckpt.example_inputs
-        )
-    return trained, regularizer
-
-
-def _train_run(
-    model: nn.Module, ckpt: Checkpoint, args: argparse.Namespace, kind: str, out: Path
-) -> Checkpoint:
-    """Train or fine-tune ``model``, saving a resumable checkpoint after every epoch."""
-    env = distributed()
-    train, test = _loaders(ckpt, args, env)
-    trained, regularizer = _sparse_setup(model, ckpt, args)
-    start, state = 0, None
-    if args.resume and out.exists():
-        previous = Checkpoint.load(out)
-        if previous.training and previous.training.get("kind") == kind:
-            model = previous.build()
-            start, state = previous.training["next_epoch"], previous.training["optimizer"]
-            print(f"resuming {kind} at epoch {start + 1} of {args.epochs} from {out}")
-
-    def save(epoch: int, optimizer_state: dict[str, Any]) -> None:
-        done = epoch + 1 >= args.epochs
-        training = (
-            None
-            if done
-            else {
-                "kind": kind,
-                "next_epoch": epoch + 1,
-                "epochs": args.epochs,
-                "optimizer": optimizer_state,
-            }
-        )
-        Checkpoint.of(model, like=ckpt, training=training).save(out)
-
-    zeros = fit(
-        trained,
-        train,
-        epochs=args.epochs,
-        lr=args.lr,
-        env=env,
-        start_epoch=start,
-        optimizer_state=state,
-        on_epoch_end=save,
-        desc=kind,
-        sparsity=regularizer,
-        aux_weight=args.aux_weight,
-    )
-    if isinstance(trained, AuxiliaryClassifiers):
-        trained.detach()
-    result = Checkpoint.of(model, like=ckpt)
-    if args.sparse is not None:
-        result.metrics["sparse"] = {"method": args.sparse, "zero_groups": zeros}
-    if env.is_main:
-        if args.sparse is not None:
-            print(f"sparse training ({args.sparse}): {zeros} channel groups at exact zero")
-        acc = accuracy(model, test, env.device if env.world_size == 1 else torch.device("cpu"))
-        macs, params = _counts(model, ckpt)
-        key = "baseline" if kind == "train" else "finetuned"
-        result.metrics[key] = {"accuracy": acc, "macs": macs, "params": params}
-        result.save(out)
-        print(f"{kind}: accuracy {acc:.2%}, {params:,} params, {macs:,} MACs -> {out}")
-    return result
+# Names kept importable from here for existing imports; each is looked up in the module
+# that defines it (patch ``cli.train.fit``, ``cli._common.make_loaders`` or
+# ``CriterionSettings.prune``, not these).
+__all__ = [
+    "CLI_OPTION_NAMES",
+    "COMMANDS",
+    "DEFAULT_FLOPS_REDUCTION",
+    "HelpFormatter",
+    "build_parser",
+    "cmd_demo",
+    "cmd_evaluate",
+    "cmd_finetune",
+    "cmd_prune",
+    "cmd_report",
+    "cmd_train",
+    "family_of",
+    "fit",
+    "fraction",
+    "main",
+    "make_loaders",
+    "non_negative",
+    "non_negative_int",
+    "positive_int",
+    "prune_model",
+    "unit_interval",
+]
 
 
 # ---------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    _fresh_output(out, args.force, args.resume)
+    fresh_output(out, args.force, args.resume)
     info = dataset_info(args.dataset)
     kwargs = {"num_classes": info.num_classes, "in_channels": info.in_channels}
     model = create_model(args.model, **kwargs)  # after seed_everything: the same weights
     ckpt = Checkpoint(args.model.lower(), kwargs, args.dataset, info.image_size, model.state_dict())
-    _train_run(model, ckpt, args, "train", out)
+    run_training(model, ckpt, args, "train", out)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    _fresh_output(out, args.force, args.resume)
+    fresh_output(out, args.force, args.resume)
     ckpt = Checkpoint.load(args.checkpoint)
-    _train_run(ckpt.build(), ckpt, args, "finetune", out)
-
-
-def prune_model(
-    model: nn.Module,
-    ckpt: Checkpoint,
-    settings: CriterionSettings,
-    *,
-    flops_reduction: float | None = None,
-    params_reduction: float | None = None,
-    steps: int = 1,
-    grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> CPMCPruner:
-    """Prune ``model`` in place with the criterion of ``settings`` to the budget."""
-    x = ckpt.example_inputs
-    importance = settings.importance(x)
-    if needs_gradients(settings.criterion) and grad_batch is None:
-        raise ValueError(f"criterion {settings.criterion!r} needs a batch to compute gradients")
-    classifier = getattr(model, "classifier", None)
-    pruner = CPMCPruner(
-        model,
-        x,
-        importance=importance,
-        flops_reduction=flops_reduction,
-        params_reduction=params_reduction,
-        iterative_steps=steps,
-        ignored_layers=[classifier] if isinstance(classifier, nn.Module) else None,
-    )
-    if needs_gradients(settings.criterion):
-        for _ in range(steps):  # gradients of the current shapes before every step
-            model.zero_grad()
-            assert grad_batch is not None
-            F.cross_entropy(model(grad_batch[0]), grad_batch[1]).backward()
-            pruner.step()
-        model.zero_grad()
-    else:
-        pruner.prune()
-    return pruner
+    run_training(ckpt.build(), ckpt, args, "finetune", out)
 
 
 def _budget(args: argparse.Namespace) -> tuple[dict[str, float], bool]:
@@ -301,7 +105,7 @@ def _budget(args: argparse.Namespace) -> tuple[dict[str, float], bool]:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    _fresh_output(out, args.force)
+    fresh_output(out, args.force)
     settings = CriterionSettings.resolve(
         args.criterion, preset=args.preset, alpha=args.alpha, beta=args.beta
     )
@@ -314,9 +118,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
     )
     ckpt = Checkpoint.load(args.checkpoint)
     model = ckpt.build().eval()
-    train, test = _loaders(ckpt, args, distributed())
+    train, test = loaders(ckpt, args, distributed())
     batch = next(iter(train)) if needs_gradients(args.criterion) else None
-    pruner = prune_model(model, ckpt, settings, steps=args.steps, grad_batch=batch, **budget)
+    pruner = settings.prune(
+        model, ckpt.example_inputs, steps=args.steps, grad_batch=batch, **budget
+    )
     report = pruner.report()
     acc = accuracy(model, test, torch.device("cpu"))
     result = Checkpoint.of(
@@ -345,9 +151,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     ckpt = Checkpoint.load(args.checkpoint)
     model = ckpt.build()
-    _, test = _loaders(ckpt, args, distributed())
+    _, test = loaders(ckpt, args, distributed())
     acc = accuracy(model, test, torch.device("cpu"))
-    macs, params = _counts(model, ckpt)
+    macs, params = counts(model, ckpt)
     print(
         f"{ckpt.model_name} on {ckpt.dataset}: accuracy {acc:.2%}, {params:,} params, {macs:,} MACs"
     )
@@ -388,7 +194,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             f"{final.model_name} on {final.dataset}: report needs the same model and data"
         )
     out = Path(args.out_dir)
-    _fresh_directory(out, args.force)
+    fresh_directory(out, args.force)
     curves = _curve_settings(args, final)
     pruned = final.metrics.get("pruned")
     if isinstance(pruned, dict) and "settings" in pruned:
@@ -397,7 +203,7 @@ def cmd_report(args: argparse.Namespace) -> None:
               f"{reporting.budget_text(pruned['budget'])}")  # fmt: skip
     rates = ", ".join(f"{100 * r:g} %" for r in args.rates)
     print(f"prune-rate curve: {'; '.join(c.label for c in curves)}; at FLOPs rates {rates}")
-    train, test = _loaders(baseline, args, distributed())
+    train, test = loaders(baseline, args, distributed())
     files = reporting.write_report(
         baseline,
         final,
@@ -406,7 +212,6 @@ def cmd_report(args: argparse.Namespace) -> None:
         test=test,
         curve_settings=curves,
         rates=args.rates,
-        prune=prune_model,
         seed=args.seed,
     )
     print(reporting.table(files["summary"]))
@@ -415,7 +220,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
-    _fresh_directory(out, args.force)
+    fresh_directory(out, args.force)
     started = time.time()
     data = ["--batch-size", "64", "--seed", str(args.seed), "--threads", str(args.threads)]
     if args.train_subset:
@@ -473,313 +278,32 @@ def _run(args: argparse.Namespace, *, threads_source: str | None = None) -> None
     COMMANDS[args.command](args)
 
 
-# ---------------------------------------------------------------------- parser
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every option's help ends with its default (or says it is required)."""
+def prune_model(
+    model: nn.Module,
+    ckpt: Checkpoint,
+    settings: CriterionSettings,
+    *,
+    flops_reduction: float | None = None,
+    params_reduction: float | None = None,
+    steps: int = 1,
+    grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> CPMCPruner:
+    """Prune ``model`` in place with the criterion of ``settings`` to the budget.
 
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default is argparse.SUPPRESS or not action.option_strings:
-            return text
-        if action.required:
-            return f"{text} (required)"
-        if "default" in text:
-            return text  # the text says it in words
-        default = action.default
-        if isinstance(default, (list, tuple)):
-            shown = " ".join(str(v) for v in default)
-        elif isinstance(default, bool):
-            shown = "on" if default else "off"
-        elif default is None:
-            shown = "none"
-        else:
-            shown = str(default)
-        return f"{text} (default: {shown.replace('%', '%%')})"
-
-
-def _help_text(text: str) -> str:
-    """Help text for argparse, which formats it with ``%``."""
-    return text.replace("%", "%%")
-
-
-def _common_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
-    here = torch.get_num_threads()
-    fallback = (
-        f"torch's default, at most {DEMO_MAX_THREADS}: {min(here, DEMO_MAX_THREADS)} here"
-        if demo
-        else f"torch's default: {here} here"
-    )
-    p.add_argument(
-        "--seed",
-        type=non_negative_int,
-        default=0,
-        help="seed of everything random: model initialization, training subset, shuffling, "
-        "augmentation, BatchNorm re-estimation batches and the random criterion",
-    )
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help=_help_text(
-            f"CPU threads torch uses (default: $OMP_NUM_THREADS when set, else {fallback}). "
-            "Use 1 for small models on a machine that other jobs keep busy: extra threads "
-            "then wait on each other"
-        ),
+    Kept for existing callers: it is :meth:`CriterionSettings.prune` on ``ckpt``'s
+    example input, which the ``prune`` and ``report`` commands call.
+    """
+    return settings.prune(
+        model,
+        ckpt.example_inputs,
+        flops_reduction=flops_reduction,
+        params_reduction=params_reduction,
+        steps=steps,
+        grad_batch=grad_batch,
     )
 
 
-def _data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-root",
-        default=None,
-        metavar="DIR",
-        help="the data set's directory (default: none needed for digits; "
-        "/usr/share/datasets/fashion-mnist for fashion-mnist; "
-        "~/.cache/cpmc_plugin/datasets for cifar10, cifar100, svhn)",
-    )
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="let torchvision download a missing data set into --data-root (needs network)",
-    )
-    p.add_argument("--batch-size", type=positive_int, default=128, help="images per batch")
-    p.add_argument(
-        "--train-subset",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="train on N images, a seeded random subset (default: the whole training split)",
-    )
-    _common_options(p)
-
-
-def unit_interval(text: str) -> float:
-    value = non_negative(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _sparse_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sparse training (before pruning)")
-    g.add_argument(
-        "--sparse",
-        choices=SPARSE_METHODS,
-        type=str.lower,
-        default=None,
-        help="train with this sparsity regularizer (proximal steps, exact zeros) "
-        "(default: none, plain training)",
-    )
-    g.add_argument(
-        "--lam",
-        type=non_negative,
-        default=None,
-        help="strength of oicsr, bn-fista, ssr-l21 (default 1e-4)",
-    )
-    g.add_argument("--rho", type=non_negative, default=None, help="SSR's rho (default 1e-3)")
-    g.add_argument(
-        "--keep",
-        type=unit_interval,
-        default=None,
-        help="ssr-l20: fraction of channel groups kept (default: none; ssr-l20 needs it)",
-    )
-    g.add_argument(
-        "--update-every",
-        type=positive_int,
-        default=1,
-        help="SSR: training steps between Z/U updates",
-    )
-    g.add_argument(
-        "--fista-momentum",
-        type=non_negative,
-        default=None,
-        help="bn-fista: fixed extrapolation in [0, 1) (default: FISTA's sequence)",
-    )
-    g.add_argument(
-        "--aux-at",
-        nargs="+",
-        default=None,
-        metavar="MODULE",
-        help="auxiliary classifiers on these modules while training (default: none)",
-    )
-    g.add_argument(
-        "--aux-weight", type=non_negative, default=0.3, help="weight of each auxiliary loss"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``cpmc-prune`` parser: one subcommand per step, every option with help."""
-    parser = argparse.ArgumentParser(
-        prog="cpmc-prune",
-        description="Train, prune to a FLOPs or parameter budget, fine-tune, evaluate, report; "
-        "or run the whole demo.",
-        formatter_class=HelpFormatter,
-    )
-    sub = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", help="run `cpmc-prune COMMAND --help`"
-    )
-
-    def command(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
-
-    p = command("train", "train a model from scratch")
-    p.add_argument(
-        "--model", required=True, choices=list_models(), type=str.lower, help="architecture"
-    )
-    p.add_argument("--dataset", default="digits", choices=list_datasets(), help="data set")
-    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
-    p.add_argument(
-        "--lr", type=non_negative, default=0.1, help="initial learning rate (cosine schedule)"
-    )
-    p.add_argument("--out", required=True, metavar="FILE", help="the checkpoint to write")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run at --out")
-    p.add_argument("--force", action="store_true", help="overwrite --out")
-    _data_options(p)
-    _sparse_options(p)
-
-    p = command("prune", "prune a checkpoint to a FLOPs or parameter budget")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="the checkpoint to prune")
-    p.add_argument(
-        "--criterion",
-        default="cpmc",
-        choices=CRITERIA,
-        type=str.lower,
-        help="how channels are ranked",
-    )
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument(
-        "--flops-reduction",
-        type=fraction,
-        default=None,
-        metavar="R",
-        help=_help_text(
-            "fraction of FLOPs (MACs) to remove, in (0, 1) (default: "
-            f"{DEFAULT_FLOPS_REDUCTION} unless --params-reduction is given)"
-        ),
-    )
-    budget.add_argument(
-        "--params-reduction",
-        type=fraction,
-        default=None,
-        metavar="R",
-        help="fraction of parameters to remove, in (0, 1) (default: none, a FLOPs budget)",
-    )
-    p.add_argument(
-        "--alpha",
-        type=non_negative,
-        default=None,
-        help=f"CPMC's weight of the parameter cost (default: the --preset's, else "
-        f"{DEFAULT_ALPHA:g}); given, it overrides the preset's",
-    )
-    p.add_argument(
-        "--beta",
-        type=non_negative,
-        default=None,
-        help=f"CPMC's weight of the FLOPs cost (default: the --preset's, else "
-        f"{DEFAULT_BETA:g}); given, it overrides the preset's",
-    )
-    p.add_argument(
-        "--preset",
-        choices=list_presets(),
-        default=None,
-        help="CPMC's alpha/beta measured for this model family (default: none, CPMC's "
-        "defaults); --alpha/--beta override it",
-    )
-    p.add_argument("--steps", type=positive_int, default=1, help="iterative pruning steps")
-    p.add_argument("--out", required=True, metavar="FILE", help="the pruned checkpoint to write")
-    p.add_argument("--force", action="store_true", help="overwrite --out")
-    _data_options(p)
-
-    p = command("finetune", "fine-tune a (pruned) checkpoint")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="the checkpoint to train")
-    p.add_argument("--epochs", type=positive_int, default=5, help="training epochs")
-    p.add_argument(
-        "--lr", type=non_negative, default=0.01, help="initial learning rate (cosine schedule)"
-    )
-    p.add_argument("--out", required=True, metavar="FILE", help="the checkpoint to write")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run at --out")
-    p.add_argument("--force", action="store_true", help="overwrite --out")
-    _data_options(p)
-    _sparse_options(p)
-
-    p = command("evaluate", "accuracy, parameters and MACs of a checkpoint")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="the checkpoint to evaluate")
-    _data_options(p)
-
-    p = command("report", "table, JSON and plots: baseline vs final checkpoint")
-    p.add_argument("--baseline", required=True, metavar="FILE", help="the unpruned checkpoint")
-    p.add_argument(
-        "--checkpoint", required=True, metavar="FILE", help="the pruned (fine-tuned) checkpoint"
-    )
-    p.add_argument("--out-dir", required=True, metavar="DIR", help="where the files go")
-    p.add_argument(
-        "--criteria",
-        nargs="+",
-        choices=CRITERIA,
-        default=["cpmc", "l1", "random"],
-        help="one curve per criterion in prune_rate.png",
-    )
-    p.add_argument(
-        "--rates",
-        nargs="+",
-        type=fraction,
-        default=[0.3, 0.5, 0.7],
-        metavar="R",
-        help="FLOPs prune rates of the curve",
-    )
-    p.add_argument(
-        "--alpha",
-        type=non_negative,
-        default=None,
-        help="alpha of the cpmc curves (default: the prune step's for its criterion, "
-        f"else {DEFAULT_ALPHA:g})",
-    )
-    p.add_argument(
-        "--beta",
-        type=non_negative,
-        default=None,
-        help="beta of the cpmc curves (default: the prune step's for its criterion, "
-        f"else {DEFAULT_BETA:g})",
-    )
-    p.add_argument(
-        "--preset",
-        choices=list_presets(),
-        default=None,
-        help="preset of the cpmc curves (default: the prune step's for its criterion, else none)",
-    )
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out-dir")
-    _data_options(p)
-
-    p = command("demo", "the whole story offline: train, prune, fine-tune, report")
-    p.add_argument("--out-dir", default="cpmc-demo", metavar="DIR", help="where the files go")
-    p.add_argument("--model", default="resnet20", choices=list_models(), help="architecture")
-    p.add_argument("--dataset", default="digits", choices=list_datasets(), help="data set")
-    p.add_argument("--epochs", type=positive_int, default=8, help="training epochs")
-    p.add_argument("--finetune-epochs", type=positive_int, default=4, help="fine-tuning epochs")
-    p.add_argument(
-        "--train-subset",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="train on N images, a seeded random subset (default: the whole training split)",
-    )
-    p.add_argument(
-        "--data-root",
-        default=None,
-        metavar="DIR",
-        help="the data set's directory (default: the data set's usual place)",
-    )
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="let torchvision download a missing data set (needs network)",
-    )
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out-dir")
-    _common_options(p, demo=True)
-    return parser
-
-
+# ---------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cpmc-prune``; returns the exit code."""
     args = build_parser().parse_args(argv)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ def layer_channels(model: nn.Module) -> dict[str, int]:
     return {
         name: int(m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
         for name, m in model.named_modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))  # core.layers.ROOT_TYPES
     }
 
 
@@ -179,16 +179,15 @@ def write_report(
     test: Any,
     curve_settings: Sequence[CriterionSettings],
     rates: Sequence[float],
-    prune: Callable[..., Any],
     seed: int = 0,
     bn_batches: int = BN_BATCHES,
 ) -> dict[str, Any]:
     """Measure, write ``report.json`` and the two plots; return the summary, figures, paths.
 
-    ``prune(model, checkpoint, settings, flops_reduction=..., grad_batch=...)`` prunes
-    a copy of the baseline in place. Every point of the curve is seeded on its own
-    (from ``seed``, its criterion and rate) and re-estimates BatchNorm statistics on the
-    same ``bn_batches`` training batches (all of them, if the training set has fewer),
+    Each point prunes a copy of the baseline with :meth:`CriterionSettings.prune`. Every
+    point of the curve is seeded on its own (from ``seed``, its criterion and rate) and
+    re-estimates BatchNorm statistics on the same ``bn_batches`` training batches (all of
+    them, if the training set has fewer),
     so points are comparable across criteria.
     """
     out.mkdir(parents=True, exist_ok=True)
@@ -214,10 +213,9 @@ def write_report(
     for index, settings, rate in tqdm(jobs, desc="prune-rate curve", leave=False):
         torch.manual_seed(_point_seed(seed, settings.criterion, rate))
         model = baseline.build().eval()
-        prune(
+        settings.prune(
             model,
-            baseline,
-            settings,
+            baseline.example_inputs,
             flops_reduction=rate,
             grad_batch=calibration[0] if needs_gradients(settings.criterion) else None,
         )
@@ -254,22 +252,14 @@ def write_report(
         },
         "metrics": final.metrics,
     }
+    caption: dict[str, Any] = {
+        "model": baseline.model_name,
+        "dataset": baseline.dataset,
+        "prune": prune_settings,
+    }
     figures = {
-        "channels.png": channels_figure(
-            before,
-            after,
-            model=baseline.model_name,
-            dataset=baseline.dataset,
-            prune=prune_settings,
-        ),
-        "prune_rate.png": curve_figure(
-            curves,
-            base_acc,
-            model=baseline.model_name,
-            dataset=baseline.dataset,
-            prune=prune_settings,
-            bn_batches=bn_batches,
-        ),
+        "channels.png": channels_figure(before, after, **caption),
+        "prune_rate.png": curve_figure(curves, base_acc, bn_batches=bn_batches, **caption),
     }
     paths = [out / "report.json", out / "channels.png", out / "prune_rate.png"]
     paths[0].write_text(json.dumps(summary, indent=2) + "\n")

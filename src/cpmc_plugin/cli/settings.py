@@ -14,11 +14,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
-from ..torch_pruning.criteria import make_importance
+from ..core.validate import integer
+from ..torch_pruning.criteria import make_importance, needs_gradients
 from ..torch_pruning.host import Importance
 from ..torch_pruning.importance import CPMCImportance
+from ..torch_pruning.oneshot import prune_to_budget
+from ..torch_pruning.pruner import CPMCPruner
 
 __all__ = [
     "DEMO_MAX_THREADS",
@@ -41,12 +45,11 @@ def resolve_threads(requested: int | None, *, cap: int | None = None) -> tuple[i
     else torch's current setting, at most ``cap`` when given.
 
     Raises:
-        ValueError: ``OMP_NUM_THREADS`` is set but is not an integer >= 1.
+        TypeError: ``requested`` is not an int.
+        ValueError: ``requested`` or ``OMP_NUM_THREADS`` is not an integer >= 1.
     """
     if requested is not None:
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-            raise ValueError(f"--threads must be an integer >= 1, got {requested!r}")
-        return requested, "--threads"
+        return integer("--threads", requested, minimum=1), "--threads"
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env:
         first = env.split(",")[0].strip()
@@ -74,9 +77,12 @@ def seed_everything(seed: int) -> None:
     Called at the start of every command, before the model is built and before any
     data is drawn, so that a command repeated with the same seed and thread count
     gives the same numbers on the CPU.
+
+    Raises:
+        TypeError: ``seed`` is not an int.
+        ValueError: ``seed`` is negative.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
+    seed = integer("--seed", seed, minimum=0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -146,6 +152,39 @@ class CriterionSettings:
             return make_importance(self.criterion, example_inputs)
         return make_importance(
             self.criterion, example_inputs, family=self.preset, alpha=self.alpha, beta=self.beta
+        )
+
+    def prune(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        flops_reduction: float | None = None,
+        params_reduction: float | None = None,
+        steps: int = 1,
+        grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> CPMCPruner:
+        """Prune ``model`` in place to the budget, ranked as these settings say.
+
+        The model's ``classifier`` is kept whole. A gradient criterion needs
+        ``grad_batch = (images, labels)``.
+
+        Raises:
+            ValueError: a gradient criterion without ``grad_batch``, or a budget the
+                pruner refuses (the model is then unchanged).
+        """
+        gradients = needs_gradients(self.criterion)
+        if gradients and grad_batch is None:
+            raise ValueError(f"criterion {self.criterion!r} needs a batch to compute gradients")
+        return prune_to_budget(
+            model,
+            example_inputs,
+            self.importance(example_inputs),
+            flops_reduction=flops_reduction,
+            params_reduction=params_reduction,
+            steps=steps,
+            needs_gradients=gradients,
+            grad_batch=grad_batch,
         )
 
     @property

@@ -42,6 +42,7 @@ __all__ = [
     "changed_layers",
     "check_still_runs",
     "prune_atomically",
+    "shape_signature",
     "signature",
 ]
 
@@ -247,6 +248,16 @@ def check_still_runs(model: nn.Module, example_inputs: Any, expected: RunSignatu
 
 
 # ---------------------------------------------------------------------- all or nothing
+def shape_signature(model: nn.Module) -> tuple[tuple[int, ...], ...]:
+    """The shapes of ``model``'s parameters, in order: changes whenever a layer is pruned.
+
+    Example:
+        >>> shape_signature(nn.Linear(3, 2))
+        ((2, 3), (2,))
+    """
+    return tuple(tuple(p.shape) for p in model.parameters())
+
+
 def _weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {
         name: tuple(module.weight.shape)

@@ -244,6 +244,7 @@ def remove_lowest(
     count: int,
     min_remove: Sequence[int],
     max_remove: Sequence[int],
+    weights: Sequence[int] | None = None,
 ) -> list[torch.Tensor]:
     """Remove ``count`` channels, the lowest-scored across all groups, within per-group bounds.
 
@@ -251,20 +252,30 @@ def remove_lowest(
     its ``min_remove[i]`` lowest go first, then the globally lowest of the remaining
     candidates until ``count`` are gone. Returns the removed indices per group, sorted.
 
+    With ``weights``, removing one index of group ``i`` costs ``weights[i]`` channels
+    (e.g. one position of each of its blocks): the globally lowest candidates are taken,
+    in order, while they still fit into ``count``, so at most ``count`` channels go.
+
     Raises:
-        ValueError: ``count`` outside ``[sum(min_remove), sum(max_remove)]``.
+        ValueError: without ``weights``, ``count`` outside
+            ``[sum(min_remove), sum(max_remove)]``; with them, the minimums alone remove
+            more than ``count``.
 
     Example:
         >>> a, b = torch.tensor([0.1, 0.9, 0.2]), torch.tensor([0.05, 0.3])
         >>> [r.tolist() for r in remove_lowest([a, b], 3, [0, 0], [2, 1])]
         [[0, 2], [0]]
+        >>> [r.tolist() for r in remove_lowest([a, b], 5, [0, 0], [2, 1], weights=[1, 4])]
+        [[0], [0]]
     """
+    orders = [torch.argsort(s.double(), stable=True) for s in scores]
+    if weights is not None:
+        return _remove_weighted(scores, orders, count, min_remove, max_remove, weights)
     low, high = sum(min_remove), sum(max_remove)
     if not low <= count <= high:
         raise ValueError(
             f"cannot remove {count} channels: the per-layer bounds allow {low} to {high}"
         )
-    orders = [torch.argsort(s.double(), stable=True) for s in scores]
     taken = list(min_remove)
     candidates = [
         (s.double()[o[lo:hi]], torch.full((hi - lo,), i, dtype=torch.long))
@@ -276,4 +287,35 @@ def remove_lowest(
         chosen = owners[torch.argsort(values, stable=True)[: count - low]]
         for i, n in enumerate(torch.bincount(chosen, minlength=len(scores)).tolist()):
             taken[i] += n  # each group's candidates are ascending, so its lowest go first
+    return [torch.sort(o[:n]).values for o, n in zip(orders, taken, strict=True)]
+
+
+def _remove_weighted(
+    scores: Sequence[torch.Tensor],
+    orders: Sequence[torch.Tensor],
+    count: int,
+    min_remove: Sequence[int],
+    max_remove: Sequence[int],
+    weights: Sequence[int],
+) -> list[torch.Tensor]:
+    """:func:`remove_lowest` where an index of group ``i`` costs ``weights[i]`` channels."""
+    taken = list(min_remove)
+    removed = sum(n * w for n, w in zip(taken, weights, strict=True))
+    if removed > count:
+        raise ValueError(
+            f"cannot remove {count} channels: the per-group minimums alone remove {removed}"
+        )
+    values, owners = [], []
+    for i, (s, o, lo, hi) in enumerate(zip(scores, orders, min_remove, max_remove, strict=True)):
+        values.append(s.double()[o[lo:hi]])
+        owners.append(torch.full((max(hi - lo, 0),), i, dtype=torch.long))
+    if values:
+        joined, owner = torch.cat(values), torch.cat(owners)
+        for k in torch.argsort(joined, stable=True).tolist():
+            if removed >= count:
+                break
+            i = int(owner[k])
+            if removed + weights[i] <= count:  # each group's candidates ascend: lowest first
+                taken[i] += 1
+                removed += weights[i]
     return [torch.sort(o[:n]).values for o, n in zip(orders, taken, strict=True)]

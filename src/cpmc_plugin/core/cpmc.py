@@ -20,10 +20,11 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Literal, get_args
 
 import torch
+
+from .validate import number, one_of
 
 __all__ = [
     "NORMALIZERS",
@@ -41,7 +42,7 @@ NORMALIZERS: tuple[str | None, ...] = (*get_args(Normalizer), None)
 def validate_criterion_options(
     *, alpha: float, beta: float, p: float, normalizer: str | None
 ) -> None:
-    """Raise ``ValueError`` unless the CPMC options are usable.
+    """Raise unless the CPMC options are usable (a wrong type: ``TypeError``, else ``ValueError``).
 
     Example:
         >>> validate_criterion_options(alpha=0.1, beta=0.1, p=1, normalizer="l2")
@@ -50,18 +51,10 @@ def validate_criterion_options(
         ...
         ValueError: alpha must be a finite number >= 0, got -1
     """
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"p must be a number, got {type(p).__name__}")
-    if not math.isfinite(p) or p <= 0:
-        raise ValueError(f"p must be a finite number > 0, got {p}")
-    if normalizer not in NORMALIZERS:
-        allowed = ", ".join(repr(n) for n in NORMALIZERS)
-        raise ValueError(f"unknown normalizer {normalizer!r}; allowed: {allowed}")
+    number("alpha", alpha, minimum=0)
+    number("beta", beta, minimum=0)
+    number("p", p, minimum=0, low_open=True)
+    one_of("normalizer", normalizer, NORMALIZERS)
 
 
 def channel_norm(weight: torch.Tensor, p: float, dim: int | tuple[int, ...] = 0) -> torch.Tensor:
@@ -106,8 +99,8 @@ def normalize(values: torch.Tensor, method: str | None) -> torch.Tensor:
     if method == "max":
         top = values.abs().max()
         return values / top if top > 0 else torch.zeros_like(values)
-    allowed = ", ".join(repr(n) for n in NORMALIZERS)
-    raise ValueError(f"unknown normalizer {method!r}; allowed: {allowed}")
+    one_of("normalizer", method, NORMALIZERS)  # raises: every known method returned above
+    raise AssertionError(f"normalizer {method!r} has no branch")
 
 
 def combine_criteria(

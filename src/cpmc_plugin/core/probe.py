@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from .layers import POOLING_TYPES
+
 __all__ = [
     "ModuleCall",
     "channel_dim",
+    "forward_hooks",
     "forward_once",
     "positions_by_module",
     "probe_positions",
     "record_calls",
     "run_model",
 ]
-
-
-_POOLING = (
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
-)
 
 
 @dataclass
@@ -99,7 +94,7 @@ def record_calls(model: nn.Module) -> Iterator[list[ModuleCall]]:
         channels = int(out.shape[dim])
         per_sample = out.numel() // max(batch, 1)
         weight = per_sample
-        if isinstance(module, _POOLING):
+        if isinstance(module, POOLING_TYPES):
             inp = _first_tensor(inputs)
             if inp is not None:
                 weight = inp.numel() // max(batch, 1)
@@ -151,6 +146,36 @@ def forward_once(
         ) from error
     finally:
         model.train(was_training)
+
+
+def forward_hooks(
+    model: nn.Module,
+    example_inputs: Any,
+    hooks: Mapping[nn.Module, Callable[..., Any]],
+    *,
+    pre: bool = False,
+    with_kwargs: bool = False,
+) -> Any:
+    """Run :func:`forward_once` with ``hooks[m]`` registered on each module ``m``; the
+    hooks are removed afterwards, whatever happens. Returns the model's output.
+
+    ``pre=True`` registers forward-pre hooks; ``with_kwargs=True`` passes the keyword
+    arguments to the hooks too (torch's ``with_kwargs``).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+        >>> seen = []
+        >>> _ = forward_hooks(net, torch.ones(1, 3), {net[0]: lambda m, i, o: seen.append(o.shape)})
+        >>> seen, net[0]._forward_hooks
+        ([torch.Size([1, 2])], OrderedDict())
+    """
+    register = "register_forward_pre_hook" if pre else "register_forward_hook"
+    handles = [getattr(m, register)(h, with_kwargs=with_kwargs) for m, h in hooks.items()]
+    try:
+        return forward_once(model, example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def probe_positions(

@@ -5,7 +5,9 @@ and no network; ``fashion-mnist`` reads the idx files of Debian's
 ``dataset-fashion-mnist`` package (or any directory holding them); ``cifar10``,
 ``cifar100`` and ``svhn`` go through torchvision. Every item is a float32 image
 ``[C, H, W]`` normalized with :attr:`DatasetInfo.mean`/:attr:`DatasetInfo.std`, and an
-int label. Every error is a ``ValueError`` that says what was wrong and what is allowed.
+int label. Every error says what was wrong and what is allowed: an argument of the wrong
+type (``batch_size=2.5``, ``download="yes"``) raises ``TypeError``, anything else a
+``ValueError``.
 
 Example:
     >>> from cpmc_plugin.data import dataset_info, load_dataset, make_loaders
@@ -20,10 +22,18 @@ Example:
 """
 
 from ._idx import DEBIAN_FASHION_MNIST, read_idx
-from ._info import PYTHON_OPTION_NAMES, DatasetInfo, dataset_info, default_root, list_datasets
+from ._info import (
+    DATASETS,
+    PYTHON_OPTION_NAMES,
+    DatasetInfo,
+    dataset_info,
+    default_root,
+    list_datasets,
+)
 from ._load import load_dataset, make_loaders, seed_worker
 
 __all__ = [
+    "DATASETS",
     "DEBIAN_FASHION_MNIST",
     "PYTHON_OPTION_NAMES",
     "DatasetInfo",

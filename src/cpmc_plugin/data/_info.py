@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from ..core.registry import Registry
+
 __all__ = [
+    "DATASETS",
     "PYTHON_OPTION_NAMES",
     "DatasetInfo",
     "dataset_info",
@@ -55,44 +58,39 @@ class DatasetInfo:
     test_size: int
 
 
-_INFOS: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
-        # mean/std of the 1437-image train split below, pixels divided by 16
-        DatasetInfo("digits", 10, 1, 8, (0.3054,), (0.3761,), 1437, 360),
-        DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), 60_000, 10_000),
-        DatasetInfo(
-            "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 50_000, 10_000
-        ),
-        DatasetInfo(
-            "cifar100",
-            100,
-            3,
-            32,
-            (0.5071, 0.4865, 0.4409),
-            (0.2673, 0.2564, 0.2762),
-            50_000,
-            10_000,
-        ),
-        DatasetInfo(
-            "svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 73_257, 26_032
-        ),
-    )
-}
+#: the supported data sets by exact name (``"CIFAR10"`` is unknown)
+DATASETS: Registry[DatasetInfo] = Registry("dataset", fold_case=False)
+for _info in (
+    # mean/std of the 1437-image train split below, pixels divided by 16
+    DatasetInfo("digits", 10, 1, 8, (0.3054,), (0.3761,), 1437, 360),
+    DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), 60_000, 10_000),
+    DatasetInfo(
+        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 50_000, 10_000
+    ),
+    DatasetInfo(
+        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 50_000, 10_000
+    ),
+    DatasetInfo(
+        "svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 73_257, 26_032
+    ),
+):
+    DATASETS.register(_info.name, _info)
+del _info
 
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`dataset_info`, :func:`load_dataset` and :func:`make_loaders`."""
-    return list(_INFOS)
+    return DATASETS.names()
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of ``name``; ``ValueError`` listing the known names otherwise."""
-    try:
-        return _INFOS[name]
-    except (KeyError, TypeError):
-        known = ", ".join(repr(n) for n in _INFOS)
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {known}") from None
+    """The :class:`DatasetInfo` of ``name``.
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: no such data set; the message lists the known names.
+    """
+    return DATASETS.get(name)
 
 
 def default_root() -> Path:

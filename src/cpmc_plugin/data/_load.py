@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from ..core.validate import flag, integer, optional_integer
 from ._idx import fashion_mnist_arrays
 from ._info import (
     DatasetInfo,
@@ -165,14 +166,10 @@ def load_dataset(
     The whole split is kept in memory as uint8 (47 MB for Fashion-MNIST's training split).
     """
     info = dataset_info(name)
-    for arg, value in (("train", train), ("download", download)):
-        if not isinstance(value, bool):
-            raise ValueError(f"{arg} must be True or False, got {value!r}")
+    flag("train", train)
+    flag("download", download)
     spell = option_spelling(option_names)
-    if augment is None:
-        augment = train
-    elif not isinstance(augment, bool):
-        raise ValueError(f"augment must be True, False or None, got {augment!r}")
+    augment = train if augment is None else flag("augment", augment)
 
     if name == "digits":
         images, labels, scale = *_digits_arrays(train), 16.0
@@ -195,12 +192,6 @@ def load_dataset(
         pad=pad,
         flip=flip,
     )
-
-
-def _check_int(arg: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{arg} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _subset(dataset: Dataset[_Item], size: int | None, seed: int, arg: str) -> Dataset[_Item]:
@@ -256,12 +247,11 @@ def make_loaders(
     ``option_names``: see :func:`load_dataset`.
     """
     info = dataset_info(name)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_workers", num_workers, 0)
-    _check_int("seed", seed, 0)
-    for arg, size in (("train_subset", train_subset), ("test_subset", test_subset)):
-        if size is not None:
-            _check_int(arg, size, 1)
+    integer("batch_size", batch_size, minimum=1)
+    integer("num_workers", num_workers, minimum=0)
+    integer("seed", seed, minimum=0)
+    optional_integer("train_subset", train_subset, minimum=1)
+    optional_integer("test_subset", test_subset, minimum=1)
     if distributed and not (dist.is_available() and dist.is_initialized()):
         raise ValueError(
             "distributed=True needs an initialized process group: call "

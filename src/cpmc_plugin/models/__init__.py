@@ -18,6 +18,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..core.registry import Registry
 from ._common import check_positive_int
 from .cifar_resnet import (
     BasicBlock,
@@ -38,6 +39,7 @@ __all__ = [
     "CifarResNet",
     "CifarVGG",
     "DenseNet",
+    "MODELS",
     "create_model",
     "densenet40",
     "list_models",
@@ -51,15 +53,11 @@ __all__ = [
 
 _TV_PREFIX = "tv:"
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "densenet40": densenet40,
-    "resnet20": resnet20,
-    "resnet32": resnet32,
-    "resnet56": resnet56,
-    "resnet110": resnet110,
-    "resnet164": resnet164,
-    "vgg16": vgg16,
-}
+#: this package's models by name (case and outer spaces folded)
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", sort=True)
+for _builder in (densenet40, resnet20, resnet32, resnet56, resnet110, resnet164, vgg16):
+    MODELS.register(_builder.__name__, _builder)
+del _builder
 
 
 def list_models() -> list[str]:
@@ -68,7 +66,7 @@ def list_models() -> list[str]:
     torchvision models are not listed but can be built with the ``"tv:"`` prefix,
     e.g. ``create_model("tv:resnet18", num_classes=10)``.
     """
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def _check_kwargs(kwargs: dict[str, Any]) -> None:
@@ -109,9 +107,9 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             ``in_channels`` (default 3).
 
     Raises:
+        TypeError: ``name`` is not a str, or ``num_classes`` / ``in_channels`` not an int.
         ValueError: unknown name (the message lists the known ones), torchvision
-            missing for a ``"tv:"`` name, or ``num_classes`` / ``in_channels`` not an
-            int >= 1.
+            missing for a ``"tv:"`` name, or ``num_classes`` / ``in_channels`` below 1.
 
     Example:
         >>> import torch
@@ -120,14 +118,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         torch.Size([2, 10])
     """
     if not isinstance(name, str):
-        raise ValueError(f"model name must be a str, got {type(name).__name__}")
+        raise TypeError(f"model name must be a str, got {type(name).__name__}")
     _check_kwargs(kwargs)
     key = name.strip().lower()
     if key.startswith(_TV_PREFIX):
         return _create_torchvision(key[len(_TV_PREFIX) :], dict(kwargs))
-    if key not in _REGISTRY:
-        raise ValueError(
-            f"unknown model {name!r}; known models: {', '.join(list_models())} "
-            f"(or 'tv:<name>' for a torchvision model)"
-        )
-    return _REGISTRY[key](**kwargs)
+    builder = MODELS.get(name, hint=" (or 'tv:<name>' for a torchvision model)")
+    return builder(**kwargs)

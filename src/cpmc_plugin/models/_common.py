@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-__all__ = ["check_positive_int", "init_weights"]
+from ..core.validate import integer
+
+__all__ = ["check_positive_int", "check_sizes", "init_weights"]
 
 
 def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an ``int >= 1`` (not a bool); raise ``ValueError`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+    """``value`` if an int >= 1; ``TypeError`` for a non-int (bools too), else ``ValueError``."""
+    return integer(name, value, minimum=1)
+
+
+def check_sizes(num_classes: object, in_channels: object) -> None:
+    """Check a model's ``num_classes`` and ``in_channels`` (each an int >= 1)."""
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("in_channels", in_channels)
 
 
 def init_weights(model: nn.Module) -> None:

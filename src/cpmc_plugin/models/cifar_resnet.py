@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import check_positive_int, init_weights
+from ._common import check_positive_int, check_sizes, init_weights
 
 __all__ = [
     "BasicBlock",
@@ -94,8 +94,7 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("in_channels", in_channels)
+        check_sizes(num_classes, in_channels)
         check_positive_int("blocks_per_stage", blocks_per_stage)
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)

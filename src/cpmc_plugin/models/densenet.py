@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import check_positive_int, init_weights
+from ._common import check_sizes, init_weights
 
 __all__ = ["DenseLayer", "DenseNet", "Transition", "densenet40"]
 
@@ -58,8 +58,7 @@ class DenseNet(nn.Module):
         self, depth: int = 40, growth: int = 12, num_classes: int = 10, in_channels: int = 3
     ) -> None:
         super().__init__()
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("in_channels", in_channels)
+        check_sizes(num_classes, in_channels)
         if (depth - 4) % 3 or depth < 7:
             raise ValueError(f"depth must be 3 * n + 4 with n >= 1, got {depth}")
         per_block = (depth - 4) // 3

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import check_positive_int, init_weights
+from ._common import check_sizes, init_weights
 
 __all__ = ["VGG16_CONFIG", "CifarVGG", "vgg16"]
 
@@ -37,8 +37,7 @@ class CifarVGG(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("in_channels", in_channels)
+        check_sizes(num_classes, in_channels)
         layers: list[nn.Module] = []
         cin = in_channels
         for item in config:

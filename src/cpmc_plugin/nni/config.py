@@ -12,8 +12,9 @@ the reason: keys that describe masks CPMC does not make (``sparse_threshold``,
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from ..core.validate import integer, number
 
 __all__ = ["SUPPORTED_KEYS", "check_config_list"]
 
@@ -49,16 +50,8 @@ GRANULARITIES = ("default", "out_channel")
 
 
 def _ratio(config: dict[str, Any], key: str, *, low_open: bool, high_open: bool) -> None:
-    if key not in config:
-        return
-    value = config[key]
-    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-    allowed = f"a number in {lo}0, 1{hi}"
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
-    if not ok:
-        raise ValueError(f"{key} must be {allowed}, got {value!r}")
+    if key in config:
+        number(key, config[key], minimum=0, maximum=1, low_open=low_open, high_open=high_open)
 
 
 def _granularity(config: dict[str, Any]) -> None:
@@ -74,31 +67,37 @@ def _granularity(config: dict[str, Any]) -> None:
 
 
 def _block(config: dict[str, Any]) -> None:
-    if "internal_metric_block" not in config:
-        return
-    value = config["internal_metric_block"]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"internal_metric_block must be a positive integer (the number of equal blocks a "
-            f"layer's output channels are scored and pruned in), got {value!r}"
-        )
+    """``internal_metric_block``: how many equal blocks a layer's output channels are
+    scored and pruned in."""
+    if "internal_metric_block" in config:
+        integer("internal_metric_block", config["internal_metric_block"], minimum=1)
 
 
 def check_config_list(config_list: Any, *, budget_given: bool) -> None:
-    """Raise ``ValueError`` naming the problem unless CPMC can honour ``config_list``.
+    """Raise naming the problem unless CPMC can honour ``config_list``.
+
+    Raises:
+        TypeError: ``config_list`` is not a list, an entry not a dict, or a ratio or
+            ``internal_metric_block`` of the wrong type (a bool is neither).
+        ValueError: an empty list, a key CPMC does not honour, a missing selector or
+            ``sparse_ratio``, or a value out of range.
 
     Example:
         >>> check_config_list([{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], budget_given=False)
         >>> check_config_list([{"op_types": ["Conv2d"], "sparse_ratio": 1.5}], budget_given=False)
         Traceback (most recent call last):
         ...
-        ValueError: sparse_ratio must be a number in [0, 1), got 1.5
+        ValueError: sparse_ratio must be in [0, 1), got 1.5
     """
-    if not isinstance(config_list, list) or not config_list:
-        raise ValueError(f"config_list must be a non-empty list of dicts, got {config_list!r}")
+    if not isinstance(config_list, list):
+        raise TypeError(
+            f"config_list must be a non-empty list of dicts, got {type(config_list).__name__}"
+        )
+    if not config_list:
+        raise ValueError("config_list must be a non-empty list of dicts, got []")
     for config in config_list:
         if not isinstance(config, dict):
-            raise ValueError(f"every config_list entry must be a dict, got {config!r}")
+            raise TypeError(f"every config_list entry must be a dict, got {config!r}")
         unknown = sorted(set(config) - SUPPORTED_KEYS)
         if unknown:
             refused = [k for k in unknown if k in UNSUPPORTED_KEYS]

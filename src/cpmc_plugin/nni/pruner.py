@@ -2,57 +2,41 @@
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 from nni.compression.base.compressor import Pruner
-from nni.compression.base.config import select_modules_by_config
 
+from ..core.budget import remove_lowest
 from ..core.cpmc import validate_criterion_options
+from ..core.layers import ROOT_TYPES
 from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA
+from ..core.validate import fraction
 from ..torch_pruning.graph import build_graph, repair_concat_mappings
-from ..torch_pruning.host import DependencyGraph, Group
-from ..torch_pruning.importance import ROOT_TYPES, CPMCImportance
-from ..torch_pruning.pruner import CPMCPruner as _TorchCPMCPruner
-from ..torch_pruning.pruner import _fraction
-from ..torch_pruning.removal import blocks_line_up, channel_blocks
+from ..torch_pruning.host import Group
+from ..torch_pruning.importance import CPMCImportance, RankingScope
+from ..torch_pruning.indexing import positions_in, root_lookup
+from ..torch_pruning.planning import plan_budget
+from ._units import (
+    Setting,
+    bounds,
+    build_units,
+    check_selection,
+    norms_in_groups,
+    pool_count,
+    pools,
+    refuse_non_root,
+)
 from .config import check_config_list
 
 __all__ = ["CPMCPruner"]
 
 Masks = dict[str, dict[str, torch.Tensor]]
 GLOBAL_KEY, DEPENDENCY_KEY = "global_group_id", "dependency_group_id"
-#: per-channel norm layers whose affine the masks cover (their output is 0 where masked)
-NORM_TYPES: tuple[type, ...] = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-)
-
-
-@dataclass
-class _Unit:
-    """Channels pruned together: a torch-pruning group, or several tied by a dependency id."""
-
-    groups: list[Group]
-    producers: list[str]  # selected conv/linear layers whose output channels these are
-    size: int
-    sparse_ratio: float
-    max_ratio: float
-    min_ratio: float
-    global_id: Any
-    blocks: int = 1  # equal blocks of channels that lose the same positions (grouped convs)
-
-    @property
-    def positions(self) -> int:
-        """Channels per block: what the scores rank and the bounds count."""
-        return self.size // self.blocks
 
 
 class CPMCPruner(Pruner):
@@ -115,7 +99,7 @@ class CPMCPruner(Pruner):
     ) -> None:
         validate_criterion_options(alpha=alpha, beta=beta, p=p, normalizer=normalizer)
         self.flops_reduction = (
-            None if flops_reduction is None else _fraction("flops_reduction", flops_reduction)
+            None if flops_reduction is None else fraction("flops_reduction", flops_reduction)
         )
         check_config_list(config_list, budget_given=self.flops_reduction is not None)
         known = {name for name, _ in model.named_modules()}
@@ -137,11 +121,11 @@ class CPMCPruner(Pruner):
             normalizer=normalizer,
             weight_dependency=weight_dependency,
         )
-        _check_selection(model, config_list)
+        check_selection(model, config_list)
         graph = build_graph(model, example_inputs)
         repair_concat_mappings(graph)
         #: the norm layers whose weight and bias the masks cover (NNI wraps them too)
-        self.norm_layers = _norms_in_groups(model, graph)
+        self.norm_layers = norms_in_groups(model, graph)
         internal = (
             [{"op_names": list(self.norm_layers), "target_names": ["weight", "bias"]}]
             if self.norm_layers
@@ -155,7 +139,7 @@ class CPMCPruner(Pruner):
             with self._unwrapped():
                 self._selected = self._selected_layers()
                 self._graph = graph
-                self._units = self._build_units()
+                self._units = build_units(self.bound_model, self._selected, graph, self._setting)
                 if self.flops_reduction is None:
                     self._check_reachable()
         except Exception:
@@ -180,11 +164,7 @@ class CPMCPruner(Pruner):
             if name in self.norm_layers:
                 continue
             module: nn.Module = self.bound_model.get_submodule(name)
-            if not isinstance(module, ROOT_TYPES):
-                raise ValueError(
-                    f"config_list selects {name} ({type(module).__name__}); CPMCPruner masks "
-                    "output channels of Conv and Linear layers only"
-                )
+            refuse_non_root(name, module)
             if "weight" not in self._target_spaces[name]:
                 raise ValueError(f"config_list must target the weight of {name}")
             selected[name] = module
@@ -192,7 +172,7 @@ class CPMCPruner(Pruner):
             raise ValueError("config_list selects no layer of the model")
         return selected
 
-    def _setting(self, name: str) -> dict[str, Any]:
+    def _setting(self, name: str) -> Setting:
         space = self._target_spaces[name]["weight"]
         return {
             "sparse_ratio": space.sparse_ratio,
@@ -203,103 +183,18 @@ class CPMCPruner(Pruner):
             "block": space.internal_metric_block,
         }
 
-    def _blocks_fit(self, unit: _Unit) -> bool:
-        """Whether the unit's channels split into its blocks the way its grouped convs need;
-        a unit whose channels cannot (a concatenation across a grouped conv's groups) is
-        left whole, with a warning."""
-        names = ", ".join(unit.producers)
-        if unit.size % unit.blocks:
-            raise ValueError(
-                f"{names}: {unit.size} output channels do not split into {unit.blocks} equal "
-                "blocks (internal_metric_block, or the groups of a grouped conv they feed)"
-            )
-        if all(blocks_line_up(group, unit.blocks) for group in unit.groups):
-            return True
-        warnings.warn(
-            f"CPMCPruner leaves {names} whole: a grouped conv reads their channels in an order "
-            "that does not split into its groups, so no removal keeps the conv's groups intact",
-            stacklevel=4,  # past _build_units and __init__, to the caller
-        )
-        return False
-
-    def _build_units(self) -> list[_Unit]:
-        names = {id(m): n for n, m in self._selected.items()}
-        ignored = [
-            m
-            for m in self.bound_model.modules()
-            if isinstance(m, ROOT_TYPES) and id(m) not in names
-        ]
-        by_dependency: dict[Any, _Unit] = {}
-        units: list[_Unit] = []
-        for group in self._graph.get_all_groups(
-            ignored_layers=ignored, root_module_types=ROOT_TYPES
-        ):
-            producers = [
-                names[id(item.dep.target.module)]
-                for item in group
-                if self._graph.is_out_channel_pruning_fn(item.dep.handler)
-                and id(item.dep.target.module) in names
-            ]
-            settings = [self._setting(n) for n in producers]
-            blocks = channel_blocks(self._graph, group)
-            for setting in settings:
-                blocks = math.lcm(blocks, setting["block"] or 1)
-            unit = _Unit(
-                groups=[group],
-                producers=producers,
-                size=len(group[0].idxs),
-                sparse_ratio=min(s["sparse_ratio"] or 0.0 for s in settings),
-                max_ratio=min(1.0 if s["max_ratio"] is None else s["max_ratio"] for s in settings),
-                min_ratio=max(s["min_ratio"] or 0.0 for s in settings),
-                global_id=_one_of(producers, [s["global_id"] for s in settings], "global_group_id"),
-                blocks=blocks,
-            )
-            dependency = _one_of(
-                producers, [s["dependency_id"] for s in settings], "dependency_group_id"
-            )
-            if dependency is None:
-                units.append(unit)
-            elif dependency not in by_dependency:
-                by_dependency[dependency] = unit
-                units.append(unit)
-            else:
-                _merge(by_dependency[dependency], unit, dependency)
-        fitting = []
-        for unit in units:  # a plain loop: the warning's stacklevel counts these frames
-            if self._blocks_fit(unit):
-                fitting.append(unit)
-        return fitting
-
-    def _bounds(self, unit: _Unit) -> tuple[int, int]:
-        """How many positions (channels per block) the unit loses at least and at most."""
-        n = unit.positions
-        top = min(math.floor(unit.max_ratio * n + 1e-9), n - 1)
-        return min(math.ceil(unit.min_ratio * n - 1e-9), top), top
-
-    def _pools(self) -> dict[Any, list[int]]:
-        pools: dict[Any, list[int]] = defaultdict(list)
-        for i, unit in enumerate(self._units):
-            key = ("global", unit.global_id) if unit.global_id is not None else ("layer", i)
-            pools[key].append(i)
-        return pools
-
-    def _pool_count(self, members: list[int]) -> int:
-        ratios = {self._units[i].sparse_ratio for i in members}
-        if len(ratios) > 1:
-            layers = ", ".join(n for i in members for n in self._units[i].producers)
-            raise ValueError(
-                f"layers sharing a global_group_id need one sparse_ratio; {layers} have "
-                f"{sorted(ratios)}"
-            )
-        total = sum(self._units[i].size for i in members)
-        return math.floor(ratios.pop() * total + 1e-9)
-
     def _check_reachable(self) -> None:
-        for members in self._pools().values():
-            count = self._pool_count(members)
-            high = sum(self._bounds(self._units[i])[1] * self._units[i].blocks for i in members)
+        for members in pools(self._units).values():
+            count = pool_count(self._units, members)
+            low = sum(bounds(self._units[i])[0] * self._units[i].blocks for i in members)
+            high = sum(bounds(self._units[i])[1] * self._units[i].blocks for i in members)
+            layers = ", ".join(n for i in members for n in self._units[i].producers)
+            if low > count:
+                raise ValueError(
+                    f"sparse_ratio cannot be met for {layers}: min_sparse_ratio alone removes "
+                    f"{low} channels, more than the {count} asked for"
+                )
             if count > high:
-                layers = ", ".join(n for i in members for n in self._units[i].producers)
                 raise ValueError(
                     f"sparse_ratio cannot be met for {layers}: max_sparse_ratio (and keeping "
                     f"one channel per layer) allow {high} of the {count} channels asked for"
@@ -309,8 +204,8 @@ class CPMCPruner(Pruner):
     def _collect_data(self) -> dict[str, dict[str, torch.Tensor]]:
         """CPMC scores per unit, on the unwrapped model's current weights."""
         with self._unwrapped(), torch.no_grad():
-            groups = [g for unit in self._units for g in unit.groups]
-            self.importance.prepare(self._graph, groups, keep=True)
+            groups = tuple(g for unit in self._units for g in unit.groups)
+            self.importance.set_scope(self._graph, RankingScope(groups))
             scores = {}
             for i, unit in enumerate(self._units):
                 scores[str(i)] = torch.stack([self.importance(g) for g in unit.groups]).mean(0)
@@ -336,19 +231,19 @@ class CPMCPruner(Pruner):
         else:
             unit_scores = metrics["unit_scores"]
             removed = {}
-            for members in self._pools().values():
+            for members in pools(self._units).values():
                 units = [self._units[i] for i in members]
-                bounds = [self._bounds(u) for u in units]
+                limits = [bounds(u) for u in units]
                 per_position = [
                     unit_scores[str(i)].view(u.blocks, -1).mean(0)
                     for i, u in zip(members, units, strict=True)
                 ]
-                picked = _remove_lowest_positions(
+                picked = remove_lowest(
                     per_position,
-                    [u.blocks for u in units],
-                    self._pool_count(members),
-                    [b[0] for b in bounds],
-                    [b[1] for b in bounds],
+                    pool_count(self._units, members),
+                    [b[0] for b in limits],
+                    [b[1] for b in limits],
+                    weights=[u.blocks for u in units],  # a position is one channel per block
                 )
                 for i, unit, positions in zip(members, units, picked, strict=True):
                     offsets = torch.arange(unit.blocks) * unit.positions
@@ -365,7 +260,7 @@ class CPMCPruner(Pruner):
             bound: nn.Module = self.bound_model
             ignored = [m for m in bound.modules() if isinstance(m, ROOT_TYPES) and m not in caps]
             blocks = {self._selected[n]: u.blocks for u in self._units for n in u.producers}
-            planner = _TorchCPMCPruner(
+            plan = plan_budget(
                 self.bound_model,
                 self.example_inputs,
                 importance=self.importance,
@@ -375,14 +270,12 @@ class CPMCPruner(Pruner):
                 pruning_ratio_dict=caps,  # NNI's per-layer max_sparse_ratio
                 out_channel_groups={m: b for m, b in blocks.items() if b > 1},
             )
-            actions = planner._plan(1)
         unit_of = {id(self._selected[n]): i for i, u in enumerate(self._units) for n in u.producers}
         removed: dict[int, torch.Tensor] = {}
-        for module, _, idxs in actions:
-            i = unit_of[id(module)]
-            root = self._units[i].groups[0][0]
-            position = {int(r): k for k, r in enumerate(root.root_idxs)}
-            removed[i] = torch.tensor(sorted(position[r] for r in idxs))
+        for removal in plan.removals:  # root indices, read as positions of NNI's own group
+            i = unit_of[id(removal.module)]
+            where = positions_in(root_lookup(self._units[i].groups[0]), removal.idxs)
+            removed[i] = torch.sort(where).values
         return removed
 
     def _producer_items(
@@ -392,18 +285,15 @@ class CPMCPruner(Pruner):
         out-channel items on ``layers`` (default: the selected producers)."""
         chosen = self._selected if layers is None else layers
         names = {id(m): n for n, m in chosen.items()}
-        position = {int(r): k for k, r in enumerate(group[0].root_idxs)}
+        lookup = root_lookup(group)
         for item in group:
             module = item.dep.target.module
             if id(module) in names and self._graph.is_out_channel_pruning_fn(item.dep.handler):
-                pairs = [
-                    (int(i), position[int(r)])
-                    for i, r in zip(item.idxs, item.root_idxs, strict=True)
-                    if int(r) in position
-                ]
-                if pairs:
-                    idxs, roots = zip(*pairs, strict=True)
-                    yield names[id(module)], torch.tensor(idxs), torch.tensor(roots)
+                where = positions_in(lookup, item.root_idxs)
+                inside = where >= 0
+                if bool(inside.any()):
+                    idxs = torch.as_tensor(item.idxs, dtype=torch.long).reshape(-1)
+                    yield names[id(module)], idxs[inside], where[inside]
 
     def _masks(self, removed: dict[int, torch.Tensor]) -> Masks:
         masks: Masks = {}
@@ -444,101 +334,3 @@ class CPMCPruner(Pruner):
         """Compute the masks and apply them through NNI's wrappers: ``(model, masks)``."""
         model, masks = super().compress(max_steps, max_epochs)
         return model, masks
-
-
-def _one_of(layers: list[str], values: list[Any], key: str) -> Any:
-    distinct = set(values)
-    if len(distinct) > 1:
-        raise ValueError(
-            f"coupled layers {', '.join(layers)} (their channels are tied, e.g. by a residual "
-            f"add) have different {key} values {sorted(map(str, distinct))}; give them one"
-        )
-    return values[0] if values else None
-
-
-def _merge(into: _Unit, unit: _Unit, dependency: Any) -> None:
-    if unit.size != into.size:
-        raise ValueError(
-            f"layers with dependency_group_id {dependency!r} must have the same number of "
-            f"output channels: {', '.join(into.producers)} have {into.size}, "
-            f"{', '.join(unit.producers)} have {unit.size}"
-        )
-    into.groups.extend(unit.groups)
-    into.producers.extend(unit.producers)
-    into.blocks = math.lcm(into.blocks, unit.blocks)
-    into.sparse_ratio = min(into.sparse_ratio, unit.sparse_ratio)
-    into.max_ratio = min(into.max_ratio, unit.max_ratio)
-    into.min_ratio = max(into.min_ratio, unit.min_ratio)
-    into.global_id = _one_of(into.producers, [into.global_id, unit.global_id], "global_group_id")
-
-
-def _remove_lowest_positions(
-    scores: Sequence[torch.Tensor],
-    weights: Sequence[int],
-    count: int,
-    min_remove: Sequence[int],
-    max_remove: Sequence[int],
-) -> list[torch.Tensor]:
-    """Remove positions, the lowest-scored across units, worth at most ``count`` channels.
-
-    A position of unit ``i`` removes ``weights[i]`` channels (one from each of its
-    blocks). Unit ``i`` loses at least ``min_remove[i]`` and at most ``max_remove[i]``
-    positions: its lowest go first, then the globally lowest of the remaining candidates
-    while they fit into ``count``. With every weight 1 this is
-    :func:`cpmc_plugin.core.budget.remove_lowest`. Returns the removed positions per unit, sorted.
-
-    Example:
-        >>> a, b = torch.tensor([0.1, 0.9, 0.2]), torch.tensor([0.05, 0.3])
-        >>> [r.tolist() for r in _remove_lowest_positions([a, b], [1, 4], 5, [0, 0], [2, 1])]
-        [[0], [0]]
-    """
-    orders = [torch.argsort(s.double(), stable=True) for s in scores]
-    taken = list(min_remove)
-    removed = sum(n * w for n, w in zip(taken, weights, strict=True))
-    if removed > count:
-        raise ValueError(
-            f"cannot remove {count} channels: min_sparse_ratio alone removes {removed}"
-        )
-    values, owners = [], []
-    for i, (s, o, lo, hi) in enumerate(zip(scores, orders, min_remove, max_remove, strict=True)):
-        values.append(s.double()[o[lo:hi]])
-        owners.append(torch.full((max(hi - lo, 0),), i, dtype=torch.long))
-    if values:
-        joined, owner = torch.cat(values), torch.cat(owners)
-        for k in torch.argsort(joined, stable=True).tolist():
-            if removed >= count:
-                break
-            i = int(owner[k])
-            if removed + weights[i] <= count:  # each unit's candidates ascend: its lowest go first
-                taken[i] += 1
-                removed += weights[i]
-    return [torch.sort(o[:n]).values for o, n in zip(orders, taken, strict=True)]
-
-
-def _check_selection(model: nn.Module, config_list: list[dict[str, Any]]) -> None:
-    """Refuse a config that selects layers CPMC cannot mask (before NNI wraps anything)."""
-    for config in config_list:
-        try:
-            modules = select_modules_by_config(model, config)[0]
-        except Exception as error:
-            raise ValueError(f"NNI rejected config_list: {error}") from error
-        for name, module in modules.items():
-            if not isinstance(module, ROOT_TYPES):
-                raise ValueError(
-                    f"config_list selects {name} ({type(module).__name__}); CPMCPruner masks "
-                    "output channels of Conv and Linear layers only"
-                )
-
-
-def _norms_in_groups(model: nn.Module, graph: DependencyGraph) -> dict[str, nn.Module]:
-    """The affine per-channel norm layers whose channels some conv/linear group owns."""
-    found: set[nn.Module] = set()
-    for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
-        for item in group:
-            module = item.dep.target.module
-            norm = isinstance(module, nn.modules.batchnorm._NormBase) and isinstance(
-                module, NORM_TYPES
-            )
-            if norm and module.affine and graph.is_out_channel_pruning_fn(item.dep.handler):
-                found.add(module)
-    return {name: module for name, module in model.named_modules() if module in found}

@@ -9,9 +9,10 @@ import torch.nn as nn
 from nni.compression import pruning as nni_pruning
 from nni.compression.base.compressor import Pruner
 
+from ..core.registry import Registry
 from .pruner import CPMCPruner
 
-__all__ = ["build_pruner", "list_pruners", "register_pruner"]
+__all__ = ["NNI_BUILTINS", "PRUNERS", "build_pruner", "list_pruners", "register_pruner"]
 
 NNI_BUILTINS = (
     "L1NormPruner",
@@ -25,10 +26,12 @@ NNI_BUILTINS = (
     "MovementPruner",
 )
 
-_REGISTRY: dict[str, type[Pruner]] = {
-    "CPMCPruner": CPMCPruner,
-    **{n: getattr(nni_pruning, n) for n in NNI_BUILTINS if hasattr(nni_pruning, n)},
-}
+#: the pruners :func:`build_pruner` knows, by name (case-insensitive, listed sorted)
+PRUNERS: Registry[type[Pruner]] = Registry("pruner", sort=True)
+PRUNERS.register("CPMCPruner", CPMCPruner)
+for _name in NNI_BUILTINS:
+    if hasattr(nni_pruning, _name):  # an older NNI may lack some
+        PRUNERS.register(_name, getattr(nni_pruning, _name))
 
 
 def list_pruners() -> list[str]:
@@ -38,23 +41,31 @@ def list_pruners() -> list[str]:
         >>> {"CPMCPruner", "L1NormPruner", "FPGMPruner"} <= set(list_pruners())
         True
     """
-    return sorted(_REGISTRY)
+    return PRUNERS.names()
 
 
 def register_pruner(name: str, cls: type[Pruner], *, replace: bool = False) -> None:
-    """Make ``cls`` (a subclass of NNI's ``Pruner``) available to :func:`build_pruner`."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a pruner name must be a non-empty str, got {name!r}")
+    """Make ``cls`` (a subclass of NNI's ``Pruner``) available to :func:`build_pruner`.
+
+    A name is taken whatever its case (``build_pruner`` folds it); ``replace=True``
+    replaces the pruner of that name.
+
+    Raises:
+        TypeError: ``name`` is not a str, or ``cls`` is not a subclass of NNI's ``Pruner``.
+        ValueError: ``name`` is empty or has surrounding spaces, or is taken and
+            ``replace`` is not set.
+
+    Example:
+        >>> register_pruner("cpmcpruner", CPMCPruner)
+        Traceback (most recent call last):
+        ...
+        ValueError: a pruner named 'cpmcpruner' is registered already (pass replace=True)
+    """
     if not (isinstance(cls, type) and issubclass(cls, Pruner)):
-        raise ValueError(f"{cls!r} is not a subclass of nni.compression.base.compressor.Pruner")
-    if _lookup(name) is not None and not replace:
-        raise ValueError(f"a pruner named {name!r} is registered already (pass replace=True)")
-    _REGISTRY[name] = cls
-
-
-def _lookup(name: str) -> str | None:
-    folded = {n.lower(): n for n in _REGISTRY}
-    return folded.get(name.strip().lower()) if isinstance(name, str) else None
+        raise TypeError(
+            f"cls must be a subclass of nni.compression.base.compressor.Pruner, got {cls!r}"
+        )
+    PRUNERS.register(name, cls, replace=replace)
 
 
 def build_pruner(name: str, model: nn.Module, config_list: list[dict], **kwargs: Any) -> Pruner:
@@ -64,6 +75,11 @@ def build_pruner(name: str, model: nn.Module, config_list: list[dict], **kwargs:
     that take it, so one trial can hand the same arguments to CPMC and to NNI's
     own pruners; ``flops_reduction`` is for CPMC only.
 
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: no pruner is called ``name`` (the message lists them), or
+            ``flops_reduction`` is given to a pruner that does not take it.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 3))
@@ -72,10 +88,8 @@ def build_pruner(name: str, model: nn.Module, config_list: list[dict], **kwargs:
         >>> type(pruner).__name__
         'L1NormPruner'
     """
-    key = _lookup(name)
-    if key is None:
-        raise ValueError(f"unknown pruner {name!r}; known pruners: {', '.join(list_pruners())}")
-    cls = _REGISTRY[key]
+    key = PRUNERS.canonical(name)
+    cls = PRUNERS.get(key)
     accepted = inspect.signature(cls.__init__).parameters
     if "example_inputs" not in accepted:
         kwargs.pop("example_inputs", None)

@@ -22,12 +22,20 @@ import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
 from ..core.atomic import prune_atomically
+from ..core.layers import ROOT_TYPES
 from ..core.probe import forward_once
 from ..torch_pruning.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
 from ..torch_pruning.graph import build_graph, repair_concat_mappings
 from ..torch_pruning.host import DependencyGraph, Group
-from ..torch_pruning.importance import ROOT_TYPES
-from ..torch_pruning.removal import align_to_blocks, blocks_line_up, channel_blocks
+from ..torch_pruning.indexing import positions_in, root_lookup
+from ..torch_pruning.removal import (
+    Removal,
+    RemovalFailed,
+    align_to_blocks,
+    blocks_line_up,
+    channel_blocks,
+    prune_in_order,
+)
 
 __all__ = ["speedup"]
 
@@ -46,7 +54,12 @@ def _out_dim(module: nn.Module) -> int:
 
 
 def _checked(model: nn.Module, masks: Any) -> dict[nn.Module, dict[str, torch.Tensor]]:
-    if not isinstance(masks, Mapping) or not masks:
+    if not isinstance(masks, Mapping):
+        raise TypeError(
+            "masks must be a non-empty {module_name: {target_name: mask}} dict, "
+            f"got {type(masks).__name__}"
+        )
+    if not masks:
         raise ValueError("masks must be a non-empty {module_name: {target_name: mask}} dict")
     modules = dict(model.named_modules())
     checked: dict[nn.Module, dict[str, torch.Tensor]] = {}
@@ -55,7 +68,10 @@ def _checked(model: nn.Module, masks: Any) -> dict[nn.Module, dict[str, torch.Te
         if module is None:
             raise ValueError(f"masks name a module the model does not have: {name!r}")
         if not isinstance(targets, Mapping):
-            raise ValueError(f"masks[{name!r}] must be a {{target_name: mask}} dict")
+            raise TypeError(
+                f"masks[{name!r}] must be a {{target_name: mask}} dict, "
+                f"got {type(targets).__name__}"
+            )
         checked[module] = {}
         for target, mask in targets.items():
             if mask is None:
@@ -63,8 +79,12 @@ def _checked(model: nn.Module, masks: Any) -> dict[nn.Module, dict[str, torch.Te
             tensor = getattr(module, target, None)
             if not isinstance(tensor, torch.Tensor):
                 raise ValueError(f"masks name {name}.{target}, which is not a tensor of the model")
-            if not isinstance(mask, torch.Tensor) or mask.shape != tensor.shape:
-                shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask)
+            if not isinstance(mask, torch.Tensor):
+                raise TypeError(
+                    f"the mask of {name}.{target} must be a tensor, got {type(mask).__name__}"
+                )
+            if mask.shape != tensor.shape:
+                shape = tuple(mask.shape)
                 raise ValueError(
                     f"the mask of {name}.{target} does not fit: shape {shape}, "
                     f"the tensor has {tuple(tensor.shape)}"
@@ -90,7 +110,7 @@ def _masked_out(
     """Per root channel: every conv/linear layer producing it has its filter masked out."""
     root = group[0]
     removable = torch.ones(len(root.idxs), dtype=torch.bool)
-    position = {int(r): k for k, r in enumerate(root.root_idxs)}
+    lookup = root_lookup(group)
     for item in group:
         module = item.dep.target.module
         if not isinstance(module, nn.Module) or not isinstance(module, ROOT_TYPES):
@@ -98,25 +118,15 @@ def _masked_out(
         if not graph.is_out_channel_pruning_fn(item.dep.handler):
             continue
         gone = dropped.get(module, set())
-        for r, i in zip(item.root_idxs, item.idxs, strict=True):
-            if i not in gone and int(r) in position:
-                removable[position[int(r)]] = False
+        where = positions_in(lookup, item.root_idxs)
+        kept = torch.tensor([int(i) not in gone for i in item.idxs], dtype=torch.bool)
+        removable[where[kept & (where >= 0)]] = False
     return removable
-
-
-@dataclass(frozen=True)
-class _Step:
-    """Channels ``idxs`` of the root layer ``name`` to remove, with their group's handler."""
-
-    module: nn.Module
-    handler: Any
-    idxs: tuple[int, ...]
-    name: str
 
 
 @dataclass
 class _Plan:
-    steps: list[_Step] = field(default_factory=list)
+    removals: list[Removal] = field(default_factory=list)
     folds: list[Fold] = field(default_factory=list)
     kept_for_constants: dict[str, int] = field(default_factory=dict)
     blockers: set[str] = field(default_factory=set)
@@ -162,8 +172,11 @@ def _plan(
         chosen = align_to_blocks(candidate, blocks)  # and one position stays in every block
         if not bool(chosen.any()):
             continue
-        idxs = tuple(root.idxs[k] for k in torch.nonzero(chosen).flatten().tolist())
-        plan.steps.append(_Step(root.dep.target.module, root.dep.handler, idxs, name))
+        positions = tuple(torch.nonzero(chosen).flatten().tolist())
+        idxs = tuple(root.idxs[k] for k in positions)
+        plan.removals.append(
+            Removal(root.dep.target.module, root.dep.handler, idxs, positions, name=name)
+        )
         plan.folds.extend(fold for at, fold in folds.folds if bool(chosen[at]))
     return plan
 
@@ -237,6 +250,7 @@ def speedup(
     unmasked, and a ``ValueError`` names the layer.
 
     Raises:
+        TypeError: ``masks`` (or one of its entries) is not a dict, or a mask not a tensor.
         ValueError: masks that name unknown modules or tensors, do not fit their
             tensor's shape, are not 0/1, a model still wrapped by NNI, or a smaller
             model that would not run. Nothing is changed then.
@@ -269,23 +283,14 @@ def speedup(
         state["plan"] = plan
         for fold in plan.folds:
             apply_fold(fold)
-        removed = 0
-        for step in plan.steps:
-            # one group at a time, so that index mappings through concatenations stay current
-            group = graph.get_pruning_group(step.module, step.handler, list(step.idxs))
-            try:
-                if not graph.check_pruning_group(group):
-                    raise RuntimeError("torch-pruning refuses the group (it would empty a layer)")
-                group.prune()
-            except Exception as error:
-                raise ValueError(
-                    f"speedup was undone and the model left as it was: torch-pruning failed "
-                    f"to remove {len(step.idxs)} channels of {step.name}: "
-                    f"{type(error).__name__}: {error}. Exclude {step.name} from config_list "
-                    "(exclude_op_names) or leave its channels unmasked"
-                ) from error
-            removed += len(step.idxs)
-        return removed
+        try:  # one group at a time, so that index mappings through concatenations stay current
+            return prune_in_order(graph, plan.removals, strict=True)
+        except RemovalFailed as failure:
+            name = failure.removal.name
+            raise ValueError(
+                f"speedup was undone and the model left as it was: {failure}. Exclude {name} "
+                "from config_list (exclude_op_names) or leave its channels unmasked"
+            ) from failure
 
     prune_atomically(model, example_inputs, shrink, who="speedup", hint=_HINT, clone=True)
     plan = state["plan"]

@@ -8,12 +8,13 @@ never imports torch-pruning itself.
 
 from .auxiliary import AuxiliaryClassifiers, attach_auxiliary_classifiers, combined_loss
 from .bn_fista import BNFISTARegularizer
-from .factory import SPARSE_METHODS, make_regularizer
+from .factory import SPARSE, SPARSE_METHODS, SparseMethod, make_regularizer
 from .oicsr import OICSRImportance, OICSRRegularizer
 from .protocol import SparseRegularizer
 from .ssr import SSRImportance, SSRRegularizer
 
 __all__ = [
+    "SPARSE",
     "SPARSE_METHODS",
     "AuxiliaryClassifiers",
     "BNFISTARegularizer",
@@ -21,6 +22,7 @@ __all__ = [
     "OICSRRegularizer",
     "SSRImportance",
     "SSRRegularizer",
+    "SparseMethod",
     "SparseRegularizer",
     "attach_auxiliary_classifiers",
     "combined_loss",

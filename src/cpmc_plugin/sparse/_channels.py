@@ -12,6 +12,8 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.layers import POOLING_TYPES
+
 __all__ = ["_Inferred", "_infer_channels", "_input_hint"]
 
 
@@ -38,10 +40,7 @@ _KEEPS_CHANNELS: tuple[type[nn.Module], ...] = (
     nn.Tanh,
     nn.Softplus,
     nn.modules.dropout._DropoutNd,
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
+    *POOLING_TYPES,
     nn.Upsample,
 )
 

@@ -18,8 +18,8 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core import validate
 from ..core.probe import forward_once
-from ..core.proximal import check_finite_nonnegative
 from ._channels import _infer_channels, _Inferred, _input_hint
 
 __all__ = ["AuxiliaryClassifiers", "attach_auxiliary_classifiers", "combined_loss"]
@@ -48,11 +48,11 @@ class AuxiliaryClassifiers(nn.Module):
     def __init__(
         self, model: nn.Module, at: Sequence[str], num_classes: int, example_inputs: Any = None
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-        if isinstance(at, str) or not isinstance(at, Sequence) or not at:
+        validate.module("model", model)
+        validate.integer("num_classes", num_classes, minimum=1)
+        if isinstance(at, str) or not isinstance(at, Sequence):
+            raise TypeError(f"at must be a non-empty list of module names, got {at!r}")
+        if not at:
             raise ValueError(f"at must be a non-empty list of module names, got {at!r}")
         modules = dict(model.named_modules())
         unknown = [name for name in at if name not in modules or name == ""]
@@ -210,7 +210,7 @@ def combined_loss(
         ...     F.cross_entropy(logits, target) + 0.5 * F.cross_entropy(aux[0], target))
         True
     """
-    weight = check_finite_nonnegative("aux_weight", aux_weight)
+    weight = validate.number("aux_weight", aux_weight, minimum=0)
     if isinstance(outputs, torch.Tensor):
         return criterion(outputs, target)
     logits, aux = outputs

@@ -12,35 +12,29 @@ the channel through torch-pruning: the pruned model computes the same function.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
-from ..core.atomic import prune_atomically
-from ..core.proximal import check_finite_nonnegative, soft_threshold
+from ..core import fista, validate
+from ..core.layers import unwrap
+from ..core.proximal import soft_threshold
 from ..torch_pruning.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
-from ..torch_pruning.graph import build_graph
 from ..torch_pruning.group_stats import is_out_item
 from ..torch_pruning.host import Group
+from ..torch_pruning.indexing import positions_in, root_lookup
 from ..torch_pruning.removal import Removal, apply_removals, plan_removal, validated
-from .oicsr import ROOT_TYPES, RUN_HINT, check_ignored_layers, unwrap
+from ._base import _REMOVAL_STACKLEVEL, GroupRegularizer
 
 __all__ = ["BNFISTARegularizer"]
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
-def _flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-class BNFISTARegularizer:
+class BNFISTARegularizer(GroupRegularizer):
     """``lam * (||gamma||_1 + ||beta||_1)`` over the model's BatchNorm layers, with FISTA.
 
     Training loop (the proximal convention every sparse-training regularizer here shares)::
@@ -65,6 +59,7 @@ class BNFISTARegularizer:
         shift: penalize the shifts ``beta``.
         momentum: fixed extrapolation coefficient in [0, 1); ``None`` for FISTA's sequence.
         ignored_layers: BatchNorm layers (or modules holding them) left alone.
+        example_inputs: inputs :meth:`prune_zeros` runs the model on when it is given none.
 
     Example:
         >>> import torch
@@ -79,6 +74,10 @@ class BNFISTARegularizer:
         1
     """
 
+    removal_name: ClassVar[str] = "prune_zero_channels"
+    clone_on_removal: ClassVar[bool] = True  # finalize() and the folds change tensors in place
+    exact_zeros_only: ClassVar[bool] = True  # a scale is removable only at exactly 0
+
     def __init__(
         self,
         model: nn.Module,
@@ -89,36 +88,31 @@ class BNFISTARegularizer:
         momentum: float | None = None,
         restart: bool = True,
         ignored_layers: Sequence[nn.Module] | None = None,
+        example_inputs: Any = None,
     ) -> None:
-        self.lam = check_finite_nonnegative("lam", lam)
-        self.scale, self.shift = _flag("scale", scale), _flag("shift", shift)
-        _flag("restart", restart)
+        self.lam = validate.number("lam", lam, minimum=0)
+        self.scale, self.shift = validate.flag("scale", scale), validate.flag("shift", shift)
+        validate.flag("restart", restart)
         if not (scale or shift):
             raise ValueError("scale and shift are both False: nothing to regularize")
         if momentum is not None:
-            momentum = check_finite_nonnegative("momentum", momentum)
-            if momentum >= 1:
-                raise ValueError(f"momentum must be in [0, 1) or None, got {momentum}")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        inner = unwrap(model)
-        norms = [m for m in inner.modules() if isinstance(m, _BatchNorm)]
+            momentum = validate.number("momentum", momentum, minimum=0, maximum=1, high_open=True)
+        super().__init__(model, example_inputs, ignored_layers)
+        norms = [m for m in unwrap(model).modules() if isinstance(m, _BatchNorm)]
         if not norms:
             raise ValueError(
                 "BNFISTARegularizer needs BatchNorm layers; the model has none "
                 "(use OICSRRegularizer or SSRRegularizer for models without them)"
             )
-        ignored = check_ignored_layers(model, ignored_layers)
-        skip = {id(m) for layer in ignored for m in layer.modules()}
+        skip = {id(m) for layer in self.ignored_layers for m in layer.modules()}
         norms = [m for m in norms if m.affine and id(m) not in skip]
         if not norms:
             raise ValueError(
                 "every BatchNorm of the model is ignored or has affine=False: "
                 "there is no scale or shift to regularize"
             )
-        self.model = model
         self.momentum = momentum
-        self.ignored_layers = ignored
+        self._kept_warning: str | None = None  # set by a removal, emitted after it
         self.norms: list[nn.modules.batchnorm._BatchNorm] = norms
         self._names = [n for n, on in (("weight", scale), ("bias", shift)) if on]
         self.restart = restart
@@ -134,15 +128,10 @@ class BNFISTARegularizer:
         """``||gamma||_1 + ||beta||_1`` over the regularized factors (without ``lam``)."""
         return torch.stack([p.abs().sum() for _, _, p in self._factors()]).sum()
 
-    def add_penalty(self, loss: torch.Tensor, *_: Any) -> torch.Tensor:
-        """``loss + lam * penalty()``; its signature fits NNI's ``evaluator.patch_loss``."""
-        return loss + self.lam * self.penalty()
-
     @torch.no_grad()
     def regularize(self, model: nn.Module | None = None) -> None:
         """Add the subgradient ``lam * sign(x)`` to the factors' gradients (before ``step()``)."""
-        if model is not None and unwrap(model) is not unwrap(self.model):
-            raise ValueError("regularize() got a different model than the regularizer was built on")
+        self._check_model(model)
         for _, _, p in self._factors():
             if p.requires_grad:
                 step = self.lam * p.sign()
@@ -157,7 +146,7 @@ class BNFISTARegularizer:
         ``restart``, a tensor whose last extrapolation pointed against its progress
         (``(y_{k-1} - x_k) . (x_k - x_{k-1}) > 0``) starts FISTA's sequence again.
         """
-        step = check_finite_nonnegative("lr", lr, positive=True)
+        step = validate.number("lr", lr, minimum=0, low_open=True)
         for bn, name, p in self._factors():
             key = (id(bn), name)
             x = soft_threshold(p.data, step * self.lam)
@@ -166,7 +155,7 @@ class BNFISTARegularizer:
                 previous, point = x, None
                 self._t.pop(key, None)
             coefficient = self._coefficient(key, x, previous.to(x.device), point)
-            p.data.copy_(x + coefficient * (x - previous.to(x.device)))
+            p.data.copy_(fista.extrapolate(x, previous.to(x.device), coefficient))
             self._sparse[key] = x
             self._point[key] = p.data.clone()
         return self.num_zero_channels
@@ -182,11 +171,14 @@ class BNFISTARegularizer:
         if self.momentum is not None:
             return self.momentum
         t = self._t.get(key, 1.0)
-        if self.restart and point is not None and _against(point.to(x.device), x, previous):
+        if (
+            self.restart
+            and point is not None
+            and fista.restart_needed(point.to(x.device), x, previous)
+        ):
             t = 1.0
-        t_next = (1.0 + math.sqrt(1.0 + 4.0 * t**2)) / 2.0
-        self._t[key] = t_next
-        return (t - 1.0) / t_next
+        coefficient, self._t[key] = fista.momentum(t)
+        return coefficient
 
     @torch.no_grad()
     def finalize(self) -> None:
@@ -214,8 +206,7 @@ class BNFISTARegularizer:
         return total
 
     # ------------------------------------------------------------------ pruning
-    @torch.no_grad()
-    def prune_zero_channels(self, example_inputs: Any) -> int:
+    def prune_zero_channels(self, example_inputs: Any = None) -> int:
         """Remove the channels whose BatchNorm scale is zero; returns how many went.
 
         Calls :meth:`finalize` first. Such a channel outputs a constant; what it adds to
@@ -224,47 +215,40 @@ class BNFISTARegularizer:
         whose non-zero constant reaches a zero-padded conv cannot be folded exactly and
         stays (a warning says how many and which layers). Every layer keeps at least one
         channel, and channels that a grouped (not depthwise) conv reads or writes stay.
-        A ``DistributedDataParallel`` wrapper must be rebuilt afterwards.
+        A ``DistributedDataParallel`` wrapper must be rebuilt afterwards. The same as
+        :meth:`prune_zeros` ``(example_inputs)``; ``example_inputs`` default to those
+        given to the constructor.
 
         All or nothing: the pruned model is run on ``example_inputs``; if that fails (a
         channel count hard-coded in the forward) or its output shapes change, the model
         and the regularizer are put back exactly as they were before the call and a
         ``ValueError`` names the failing layer.
         """
-        inner = unwrap(self.model)
-        state = (dict(self._sparse), dict(self._point), dict(self._t))
-        kept: list[str] = []
+        return self._prune_zeros(example_inputs, 0.0)
 
-        def prune() -> int:
-            self.finalize()
-            removed, warning = self._remove_zero_channels(inner, example_inputs)
-            kept[:] = [warning] if warning else []
-            return removed
+    def _save_state(self) -> Any:
+        return dict(self._sparse), dict(self._point), dict(self._t)
 
-        try:
-            removed = prune_atomically(
-                inner,
-                example_inputs,
-                prune,
-                who="BNFISTARegularizer.prune_zero_channels",
-                hint=RUN_HINT,
-                clone=True,  # finalize() and the folds change tensors in place
-            )
-        except BaseException:
-            self._sparse, self._point, self._t = state
-            raise
-        for warning in kept:
-            warnings.warn(warning, stacklevel=3)  # past torch.no_grad's wrapper, to the caller
+    def _restore_state(self, state: Any) -> None:
+        self._sparse, self._point, self._t = state
+        self._kept_warning = None
+
+    def _remove_zeros(self, inner: nn.Module, example_inputs: Any, limit: float) -> int:
+        self.finalize()
+        removed, self._kept_warning = self._remove_zero_channels(inner, example_inputs)
         return removed
+
+    def _after_removal(self, removed: int) -> None:
+        """Warn about zero-scale channels that had to stay (pointing at the caller)."""
+        warning, self._kept_warning = self._kept_warning, None
+        if warning:
+            warnings.warn(warning, stacklevel=_REMOVAL_STACKLEVEL)
 
     def _remove_zero_channels(
         self, inner: nn.Module, example_inputs: Any
     ) -> tuple[int, str | None]:
         """Fold and remove the zero-scale channels; ``(removed, warning about kept ones)``."""
-        graph = build_graph(inner, example_inputs)
-        groups = list(
-            graph.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES)
-        )
+        graph, groups = self._conv_linear_groups(example_inputs)
         candidates = [(group, self._zero_scale(group)) for group in groups]
         candidates = [(group, zero) for group, zero in candidates if bool(zero.any())]
         consumers = {item.dep.target.module for group, _ in candidates for item in readers(group)}
@@ -297,24 +281,21 @@ class BNFISTARegularizer:
 
     def _zero_scale(self, group: Group) -> torch.Tensor:
         """Per root channel: every BatchNorm of the group has scale exactly 0 there."""
-        roots = group[0].root_idxs
-        position = {int(r): i for i, r in enumerate(roots)}
-        zero = torch.ones(len(roots), dtype=torch.bool)
-        covered = torch.zeros(len(roots), dtype=torch.bool)
+        size = len(group[0].root_idxs)
+        lookup = root_lookup(group)
+        zero = torch.ones(size, dtype=torch.bool)
+        covered = torch.zeros(size, dtype=torch.bool)
         for item in group:
             bn = item.dep.target.module
             if not isinstance(bn, _BatchNorm) or not is_out_item(group, item.dep.handler):
                 continue
             if bn not in self.norms or not self.scale:
-                return torch.zeros(len(roots), dtype=torch.bool)
-            for idx, root in zip(item.idxs, item.root_idxs, strict=True):
-                if int(root) in position:
-                    i = position[int(root)]
-                    covered[i] = True
-                    zero[i] &= bool(bn.weight[idx] == 0)
+                return torch.zeros(size, dtype=torch.bool)
+            where = positions_in(lookup, item.root_idxs)
+            inside = where >= 0
+            at = where[inside]
+            idxs = torch.as_tensor(item.idxs, dtype=torch.long).reshape(-1)[inside]
+            covered[at] = True
+            nonzero = (bn.weight.detach()[idxs] != 0).cpu().long()
+            zero &= torch.zeros(size, dtype=torch.long).index_add_(0, at, nonzero) == 0
         return zero & covered
-
-
-def _against(point: torch.Tensor, x: torch.Tensor, previous: torch.Tensor) -> bool:
-    """O'Donoghue and Candes' gradient restart test: ``(y_{k-1} - x_k) . (x_k - x_{k-1}) > 0``."""
-    return float(((point - x) * (x - previous)).sum()) > 0

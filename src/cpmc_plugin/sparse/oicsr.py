@@ -9,67 +9,29 @@ Groups come from torch-pruning's ``DependencyGraph``; the formulas from
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
-from ..core.atomic import prune_atomically
+from ..core import validate
 from ..core.proximal import (
-    check_finite_nonnegative,
     group_lasso,
     group_lasso_coefficients,
-    group_norms,
     group_shrink_factors,
     group_size_weights,
 )
-from ..torch_pruning.graph import build_graph
-from ..torch_pruning.host import DependencyGraph, Group, Importance
-from ..torch_pruning.removal import remove_small_groups
+from ..torch_pruning.host import Group, Importance
 from ..torch_pruning.weight_groups import WeightGroups
+from ._base import WeightGroupRegularizer, warn_unsupported
 
 __all__ = ["OICSRImportance", "OICSRRegularizer"]
 
-ROOT_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
-#: what to try when a pruned model no longer runs (shared by the sparse-training removals)
-RUN_HINT = (
-    "Put the layer whose output channels the failing operation reads (one of those above; "
-    "e.g. a channel count hard-coded in a view of the forward) in ignored_layers"
-)
+_NOT_USED = "they are neither regularized nor scored"
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, wrappers) else model
-
-
-def check_ignored_layers(
-    model: nn.Module, ignored_layers: Sequence[nn.Module] | None
-) -> list[nn.Module]:
-    """``ignored_layers`` as a list, or ``ValueError`` if one is not a module of ``model``."""
-    ignored = list(ignored_layers) if ignored_layers is not None else []
-    known = {id(m) for m in unwrap(model).modules()}
-    for layer in ignored:
-        if not isinstance(layer, nn.Module) or id(layer) not in known:
-            raise ValueError(
-                f"ignored_layers must hold modules of the model, got {type(layer).__name__}"
-            )
-    return ignored
-
-
-def _warn_unsupported(names: Sequence[str], who: str) -> None:
-    if names:
-        warnings.warn(
-            f"{who}: weights of {', '.join(names)} layers are not in any group "
-            "(unsupported layer type); they are neither regularized nor scored",
-            stacklevel=3,
-        )
-
-
-class OICSRRegularizer:
+class OICSRRegularizer(WeightGroupRegularizer):
     """Group lasso ``R(W) = sum_g w_g * ||W_g||_2`` over the out-in channel groups of a model.
 
     ``w_g = sqrt(|g|)`` (``|g|``: weights in the group) when ``scale_by_group_size``,
@@ -108,6 +70,9 @@ class OICSRRegularizer:
         0
     """
 
+    removal_name: ClassVar[str] = "prune_zero_groups"
+    unsupported_effect: ClassVar[str] = _NOT_USED
+
     def __init__(
         self,
         model: nn.Module,
@@ -117,28 +82,11 @@ class OICSRRegularizer:
         ignored_layers: Sequence[nn.Module] | None = None,
         scale_by_group_size: bool = True,
     ) -> None:
-        self.lam = check_finite_nonnegative("lam", lam)
-        if not isinstance(scale_by_group_size, bool):
-            raise TypeError(f"scale_by_group_size must be a bool, got {scale_by_group_size!r}")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        ignored = check_ignored_layers(model, ignored_layers)
-        self.model = model
-        self.example_inputs = example_inputs
-        self.ignored_layers = ignored
-        self.scale_by_group_size = scale_by_group_size
-        self._groups: WeightGroups
+        self.lam = validate.number("lam", lam, minimum=0)
+        self.scale_by_group_size = validate.flag("scale_by_group_size", scale_by_group_size)
+        super().__init__(model, example_inputs, ignored_layers)
         self._weights: torch.Tensor
         self.update()
-
-    # ------------------------------------------------------------------ groups
-    def _trace(self) -> DependencyGraph:
-        return build_graph(unwrap(self.model), self.example_inputs)
-
-    def _all_groups(self, graph: DependencyGraph) -> list[Group]:
-        return list(
-            graph.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES)
-        )
 
     def update(self) -> None:
         """Rebuild the groups from the model as it is now (call after pruning it).
@@ -146,47 +94,24 @@ class OICSRRegularizer:
         The regularizer also rebuilds by itself when it sees that a weight was
         replaced or reshaped.
         """
-        graph = self._trace()
-        built = WeightGroups.from_groups(graph, self._all_groups(graph))
-        if built.num_groups == 0 or not built.entries:
-            raise ValueError(
-                "nothing to regularize: the model has no conv/linear output channels outside "
-                "ignored_layers that torch-pruning can group"
-            )
-        _warn_unsupported(built.unsupported, "OICSRRegularizer")
+        built = self._build_groups()
         self._groups = built
         self._weights = group_size_weights(built.sizes, self.scale_by_group_size).to(built.device())
 
-    @torch.no_grad()
     def prune_zero_groups(self, tolerance: float = 0.0) -> int:
         """Remove, through torch-pruning, the channels whose group norm is at most ``tolerance``.
 
         With the default 0 only groups that :meth:`proximal_step` put at exact zero go,
         so the model computes the same function. Every layer keeps at least one
         channel. Returns the number of channels removed. A model wrapped in
-        ``DistributedDataParallel`` must be wrapped again afterwards.
+        ``DistributedDataParallel`` must be wrapped again afterwards. The same as
+        :meth:`prune_zeros` ``(tolerance=tolerance)``.
 
         All or nothing: the pruned model is run on the example inputs; if that fails (a
         channel count hard-coded in the forward) or its output shapes change, the model is
         put back exactly as it was and a ``ValueError`` names the failing layer.
         """
-        limit = check_finite_nonnegative("tolerance", tolerance)
-
-        def prune() -> int:
-            graph = self._trace()
-            groups = self._all_groups(graph)
-            return remove_small_groups(graph, groups, kinds=("out", "in"), limit=limit)
-
-        removed = prune_atomically(
-            unwrap(self.model),
-            self.example_inputs,
-            prune,
-            who="OICSRRegularizer.prune_zero_groups",
-            hint=RUN_HINT,
-        )
-        if removed:
-            self.update()
-        return removed
+        return self._prune_zeros(None, tolerance)
 
     def finalize(self) -> None:
         """Nothing to do: :meth:`proximal_step` already leaves exact zeros in the model.
@@ -194,36 +119,14 @@ class OICSRRegularizer:
         Part of the interface every sparse-training regularizer shares.
         """
 
-    def _current(self) -> WeightGroups:
-        if self._groups.is_stale():
-            self.update()
-        groups = self._groups
-        if self._weights.device != groups.device():
-            self._weights = self._weights.to(groups.device())
-        return groups
-
-    @property
-    def num_groups(self) -> int:
-        """Number of out-in groups (channels, with coupled channels counted once)."""
-        return self._current().num_groups
+    def _follow_device(self, device: torch.device) -> None:
+        if self._weights.device != device:
+            self._weights = self._weights.to(device)
 
     @property
     def group_sizes(self) -> torch.Tensor:
         """Number of weights in every group, ``|g|``."""
         return self._current().sizes.clone()
-
-    @property
-    def group_channels(self) -> list[tuple[str, int]]:
-        """``(layer name, channel)`` of every group, in the order of the other tensors.
-
-        The layer is the one torch-pruning roots the group at (a producer of the channel).
-        """
-        return list(self._current().channels)
-
-    @torch.no_grad()
-    def group_norms(self) -> torch.Tensor:
-        """``||W_g||_2`` of every group, detached."""
-        return group_norms(self._current().sq_norms())
 
     # ------------------------------------------------------------------ training
     def penalty(self) -> torch.Tensor:
@@ -231,19 +134,10 @@ class OICSRRegularizer:
         groups = self._current()
         return group_lasso(groups.sq_norms(), self._weights)
 
-    def add_penalty(self, loss: torch.Tensor, *_: Any) -> torch.Tensor:
-        """``loss + lam * penalty()``; its signature fits NNI's ``evaluator.patch_loss``.
-
-        Example (NNI 3.0): ``evaluator.patch_loss(reg.add_penalty)`` before
-        ``evaluator.train(...)`` sparse-trains through an NNI ``TorchEvaluator``.
-        """
-        return loss + self.lam * self.penalty()
-
     @torch.no_grad()
     def regularize(self, model: nn.Module | None = None) -> None:
         """Add ``lam * dR/dW`` to the gradients (after ``backward()``, before ``step()``)."""
-        if model is not None and unwrap(model) is not unwrap(self.model):
-            raise ValueError("regularize() got a different model than the regularizer was built on")
+        self._check_model(model)
         if self.lam == 0:
             return
         groups = self._current()
@@ -257,7 +151,7 @@ class OICSRRegularizer:
         Call it after ``optimizer.step()`` with the learning rate of that step (plain
         gradient on the loss, then this step, is proximal gradient descent).
         """
-        step = check_finite_nonnegative("lr", lr, positive=True)
+        step = validate.number("lr", lr, minimum=0, low_open=True)
         groups = self._current()
         factors = group_shrink_factors(groups.sq_norms(), step * self.lam * self._weights)
         groups.scale(factors)
@@ -295,7 +189,7 @@ class OICSRImportance(Importance):
     @torch.no_grad()
     def __call__(self, group: Group) -> torch.Tensor:
         groups = WeightGroups.from_groups(group._DG, [group], kinds=self.parts)
-        _warn_unsupported(groups.unsupported, type(self).__name__)
+        warn_unsupported(groups.unsupported, type(self).__name__, _NOT_USED, stacklevel=2)
         if groups.num_groups == 0 or not groups.entries:
             return torch.zeros(len(group[0].idxs))
         return groups.sq_norms().cpu()

@@ -12,7 +12,12 @@ __all__ = ["SparseRegularizer"]
 
 @runtime_checkable
 class SparseRegularizer(Protocol):
-    """What a training loop needs from a sparse-training regularizer."""
+    """What a training loop needs from a sparse-training regularizer.
+
+    ``prune_zeros`` is the one removal entry point: it removes what the regularizer
+    drove to zero (all or nothing) and returns how many channels went, whatever the
+    method, so a caller need not know which regularizer it holds.
+    """
 
     def penalty(self) -> torch.Tensor: ...
 
@@ -23,3 +28,5 @@ class SparseRegularizer(Protocol):
     def proximal_step(self, lr: float) -> int: ...
 
     def finalize(self) -> None: ...
+
+    def prune_zeros(self, example_inputs: Any = None, *, tolerance: float = 0.0) -> int: ...

@@ -16,25 +16,17 @@ AULM keeps an auxiliary copy ``Z`` of the grouped weights and a scaled multiplie
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
 
-from ..core.atomic import prune_atomically
-from ..core.proximal import (
-    check_finite_nonnegative,
-    group_norms,
-    group_shrink_factors,
-    group_size_weights,
-    top_k_factors,
-)
-from ..torch_pruning.graph import build_graph
-from ..torch_pruning.removal import remove_small_groups
+from ..core import aulm, validate
+from ..core.proximal import group_shrink_factors, group_size_weights, top_k_factors
 from ..torch_pruning.weight_groups import WeightGroups
-from .oicsr import ROOT_TYPES, RUN_HINT, OICSRImportance, check_ignored_layers, unwrap
+from ._base import WeightGroupRegularizer
+from .oicsr import OICSRImportance
 
 __all__ = ["SSRImportance", "SSRRegularizer"]
 
@@ -42,7 +34,7 @@ _KINDS = ("l21", "l20")
 _OUT = ("out",)
 
 
-class SSRRegularizer:
+class SSRRegularizer(WeightGroupRegularizer):
     """Filter-group sparsity (L2,1 or L2,0) with the AULM solver.
 
     Training loop (the proximal convention every sparse-training regularizer here shares)::
@@ -88,6 +80,9 @@ class SSRRegularizer:
         3
     """
 
+    removal_name: ClassVar[str] = "prune_zero_groups"
+    kinds: ClassVar[tuple[str, ...]] = _OUT
+
     def __init__(
         self,
         model: nn.Module,
@@ -101,63 +96,31 @@ class SSRRegularizer:
         ignored_layers: Sequence[nn.Module] | None = None,
         scale_by_group_size: bool = True,
     ) -> None:
-        self.rho = check_finite_nonnegative("rho", rho, positive=True)
-        if kind not in _KINDS:
-            raise ValueError(f"kind must be one of {', '.join(map(repr, _KINDS))}, got {kind!r}")
+        self.rho = validate.number("rho", rho, minimum=0, low_open=True)
+        self.kind = validate.one_of("kind", kind, _KINDS)
         if kind == "l21" and keep is not None:
             raise ValueError("keep is for kind='l20'; kind='l21' takes lam")
         if kind == "l20" and lam is not None:
             raise ValueError("lam is for kind='l21'; kind='l20' takes keep")
         if kind == "l20" and keep is None:
             raise ValueError("kind='l20' needs keep: a number of groups or a fraction in (0, 1]")
-        self.lam = check_finite_nonnegative("lam", 1e-4 if lam is None else lam)
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
-        if not isinstance(scale_by_group_size, bool):
-            raise ValueError(
-                f"scale_by_group_size must be True or False, got {scale_by_group_size!r}"
-            )
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        ignored = check_ignored_layers(model, ignored_layers)
-        self.model, self.example_inputs, self.ignored_layers = model, example_inputs, ignored
-        self.kind, self.update_every, self.scale_by_group_size = (
-            kind,
-            update_every,
-            scale_by_group_size,
-        )
-        groups = self._build()
+        self.lam = validate.number("lam", 1e-4 if lam is None else lam, minimum=0)
+        self.update_every = validate.integer("update_every", update_every, minimum=1)
+        self.scale_by_group_size = validate.flag("scale_by_group_size", scale_by_group_size)
+        super().__init__(model, example_inputs, ignored_layers)
+        groups = self._build_groups()
         self._keep_spec = keep
         self._check_keep(groups.num_groups)  # before any state: bad input changes nothing
         self._calls = 0
         self._reset(groups)
 
     # ------------------------------------------------------------------ groups
-    def _build(self) -> WeightGroups:
-        graph = build_graph(unwrap(self.model), self.example_inputs)
-        all_groups = graph.get_all_groups(
-            ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES
-        )
-        built = WeightGroups.from_groups(graph, list(all_groups), kinds=_OUT)
-        if built.num_groups == 0 or not built.entries:
-            raise ValueError(
-                "nothing to regularize: the model has no conv/linear output channels outside "
-                "ignored_layers that torch-pruning can group"
-            )
-        if built.unsupported:
-            warnings.warn(
-                f"SSRRegularizer: weights of {', '.join(built.unsupported)} layers are not in "
-                "any group (unsupported layer type); they are not regularized",
-                stacklevel=3,
-            )
-        return built
-
     def _check_keep(self, num_groups: int) -> int:
         keep = self._keep_spec
         if self.kind != "l20":
             return num_groups
         if isinstance(keep, bool) or not isinstance(keep, (int, float)):
-            raise ValueError(f"keep must be an integer or a fraction in (0, 1], got {keep!r}")
+            raise TypeError(f"keep must be an integer or a fraction in (0, 1], got {keep!r}")
         if isinstance(keep, float):
             if not 0 < keep <= 1:
                 raise ValueError(f"keep as a fraction must be in (0, 1], got {keep}")
@@ -189,36 +152,17 @@ class SSRRegularizer:
         Runs by itself when a weight was replaced or reshaped (the model was pruned).
         A ``keep`` count larger than the groups left is lowered to their number.
         """
-        groups = self._build()
+        groups = self._build_groups()
         if self.kind == "l20" and isinstance(self._keep_spec, int):
             self._keep_spec = min(self._keep_spec, groups.num_groups)
         self._reset(groups)
 
-    def _current(self) -> WeightGroups:
-        if self._groups.is_stale():
-            self.update()
-        device = self._groups.device()
+    def _follow_device(self, device: torch.device) -> None:
         if self._z and self._z[0].device != device:  # the model moved
             self._z = [z.to(device) for z in self._z]
             self._u = [u.to(device) for u in self._u]
             self._z_alive = self._z_alive.to(device)
             self._weights = self._weights.to(device)
-        return self._groups
-
-    @property
-    def num_groups(self) -> int:
-        """Number of filter groups (channels, with coupled channels counted once)."""
-        return self._current().num_groups
-
-    @property
-    def group_channels(self) -> list[tuple[str, int]]:
-        """``(layer name, channel)`` of every group, in the order of the other tensors."""
-        return list(self._current().channels)
-
-    @torch.no_grad()
-    def group_norms(self) -> torch.Tensor:
-        """``||W_g||_2`` of every filter group of the model, detached."""
-        return group_norms(self._current().sq_norms())
 
     @property
     @torch.no_grad()
@@ -246,27 +190,31 @@ class SSRRegularizer:
 
     def _residuals(self, groups: WeightGroups) -> list[torch.Tensor]:
         """``W - Z + U`` per weight tensor."""
-        return [e.tensor - z + u for e, z, u in zip(groups.entries, self._z, self._u, strict=True)]
+        return aulm.residuals([e.tensor for e in groups.entries], self._z, self._u)
 
     def penalty(self) -> torch.Tensor:
         """``1/2 ||W - Z + U||^2`` (without ``rho``), differentiable in ``W``."""
         return 0.5 * torch.stack([r.pow(2).sum() for r in self._residuals(self._current())]).sum()
 
-    def add_penalty(self, loss: torch.Tensor, *_: Any) -> torch.Tensor:
-        """``loss + rho * penalty()``; its signature fits NNI's ``evaluator.patch_loss``.
+    @property
+    def penalty_weight(self) -> float:
+        """``rho``: :meth:`add_penalty` gives ``loss + rho * penalty()``.
 
-        In this convention call :meth:`update_auxiliary` on your own schedule.
+        In that convention call :meth:`update_auxiliary` on your own schedule.
         """
-        return loss + self.rho * self.penalty()
+        return self.rho
 
     @torch.no_grad()
     def update_auxiliary(self) -> int:
         """``Z = prox(W + U)``, ``U += W - Z``; returns the groups at zero in ``Z``."""
         groups = self._current()
         weights = [e.tensor.detach() for e in groups.entries]
-        shifted = [w + u for w, u in zip(weights, self._u, strict=True)]
-        self._set_z(groups, groups.scaled(shifted, self._prox(groups.sq_norms(shifted))))
-        self._u = [s - z for s, z in zip(shifted, self._z, strict=True)]
+        z, self._u = aulm.auxiliary_update(
+            weights,
+            self._u,
+            lambda shifted: groups.scaled(shifted, self._prox(groups.sq_norms(shifted))),
+        )
+        self._set_z(groups, z)
         return int((~self._z_alive).sum())
 
     def _tick(self) -> None:
@@ -277,8 +225,7 @@ class SSRRegularizer:
     @torch.no_grad()
     def regularize(self, model: nn.Module | None = None) -> None:
         """Add ``rho (W - Z + U)`` to the gradients (after ``backward()``, before ``step()``)."""
-        if model is not None and unwrap(model) is not unwrap(self.model):
-            raise ValueError("regularize() got a different model than the regularizer was built on")
+        self._check_model(model)
         groups = self._current()
         for entry, residual in zip(groups.entries, self._residuals(groups), strict=True):
             tensor = entry.tensor
@@ -291,10 +238,9 @@ class SSRRegularizer:
     def proximal_step(self, lr: float) -> int:
         """``W = (W + lr rho (Z - U)) / (1 + lr rho)`` after ``optimizer.step()``; then the
         scheduled ``Z``/``U`` update. Returns the groups at zero in ``Z``."""
-        step = check_finite_nonnegative("lr", lr, positive=True) * self.rho
+        step = validate.number("lr", lr, minimum=0, low_open=True) * self.rho
         groups = self._current()
-        for entry, z, u in zip(groups.entries, self._z, self._u, strict=True):
-            entry.tensor.data.add_(step * (z - u)).div_(1.0 + step)
+        aulm.weight_step([e.tensor.data for e in groups.entries], self._z, self._u, step)
         self._tick()
         return self.num_zero_groups
 
@@ -304,35 +250,19 @@ class SSRRegularizer:
         groups = self._current()
         groups.scale(self._z_alive.to(torch.float32))
 
-    @torch.no_grad()
     def prune_zero_groups(self) -> int:
         """Remove, through torch-pruning, the channels whose filter group is exactly zero.
 
         Such a channel outputs zero (its filters, bias, norm scale and shift are zero), so
         the model computes the same function. Every layer keeps at least one channel.
-        Returns the number of channels removed; ``Z`` and ``U`` restart afterwards.
+        Returns the number of channels removed; ``Z`` and ``U`` restart afterwards. The
+        same as :meth:`prune_zeros` ``()``.
 
         All or nothing: the pruned model is run on the example inputs; if that fails (a
         channel count hard-coded in the forward) or its output shapes change, the model is
         put back exactly as it was and a ``ValueError`` names the failing layer.
         """
-        inner = unwrap(self.model)
-
-        def prune() -> int:
-            graph = build_graph(inner, self.example_inputs)
-            groups = list(
-                graph.get_all_groups(
-                    ignored_layers=self.ignored_layers, root_module_types=ROOT_TYPES
-                )
-            )
-            return remove_small_groups(graph, groups, kinds=_OUT, limit=0.0)
-
-        removed = prune_atomically(
-            inner, self.example_inputs, prune, who="SSRRegularizer.prune_zero_groups", hint=RUN_HINT
-        )
-        if removed:
-            self.update()
-        return removed
+        return self._prune_zeros(None, 0.0)
 
 
 class SSRImportance(OICSRImportance):

@@ -20,6 +20,8 @@ _EXPORTS: dict[str, str] = {
     "load_pruned": ".history",
     "make_importance": ".criteria",
     "needs_gradients": ".criteria",
+    "Plan": ".planning",
+    "plan_budget": ".planning",
     "save_pruned": ".history",
 }
 

@@ -11,14 +11,13 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ..core.budget import CostTerm
+from ..core.layers import ROOT_TYPES
+from .indexing import positions_in, root_lookup
 
 if TYPE_CHECKING:
     from .cost_model import CallSite, CostModel, GroupUnits, _Sources
 
 __all__ = ["_mac_terms", "_ownership", "_param_terms", "_subtree_cost"]
-
-
-_CONV_LINEAR = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def _is_depthwise(module: nn.Module) -> bool:
@@ -40,9 +39,7 @@ def _ownership(
     graph: tp.DependencyGraph, unit: GroupUnits, model: CostModel
 ) -> dict[int, torch.Tensor]:
     group = unit.group
-    root = torch.as_tensor(group[0].root_idxs, dtype=torch.long)
-    lookup = torch.full((int(root.max()) + 1,), -1, dtype=torch.long)
-    lookup[root] = torch.arange(len(root))
+    lookup = root_lookup(group)
     owned: dict[int, torch.Tensor] = {}
     for item in group:
         module = item.dep.target.module
@@ -60,9 +57,7 @@ def _ownership(
             continue
         if size is None:
             continue
-        roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
-        valid = (roots < len(lookup)) & (roots >= 0)
-        where = lookup[roots[valid]]
+        where = positions_in(lookup, item.root_idxs)
         where = where[where >= 0] % unit.size
         counts = torch.bincount(where, minlength=unit.size)
         if unit.alias is not None:  # a set's indices all leave with its representative
@@ -81,7 +76,7 @@ def _produces_channels(module: Any) -> bool:
     over a concatenation keeps channels as long as the layers it reads from do.
     """
     return (
-        isinstance(module, (*_CONV_LINEAR, nn.Embedding))
+        isinstance(module, (*ROOT_TYPES, nn.Embedding))
         and tp.ops.module2type(module) != tp.ops.OPTYPE.DEPTHWISE_CONV
     )
 
@@ -114,7 +109,7 @@ def _param_terms(graph: tp.DependencyGraph, module: nn.Module, model: CostModel)
         return terms
     out_dim, in_dim = dims
     for name, param in own:
-        if isinstance(module, _CONV_LINEAR) and name == "weight" and in_dim >= 0:
+        if isinstance(module, ROOT_TYPES) and name == "weight" and in_dim >= 0:
             scale: tuple[int, ...] = (out_dim,) if _is_depthwise(module) else (out_dim, in_dim)
         else:
             scale = (out_dim,)
@@ -149,7 +144,7 @@ def _mac_terms(
     dims = _module_dims(graph, module, model)
     if dims is not None:
         out_dim, in_dim = dims
-        if isinstance(module, _CONV_LINEAR) and in_dim >= 0 and not _is_depthwise(module):
+        if isinstance(module, ROOT_TYPES) and in_dim >= 0 and not _is_depthwise(module):
             bias = 0.0
             if getattr(module, "bias", None) is not None:
                 bias = max(0.0, cost - _weight_macs(module, sites))

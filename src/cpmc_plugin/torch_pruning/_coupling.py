@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from .group_stats import is_out_item
+from .indexing import positions_in, root_lookup
 
 __all__ = ["hidden_coupling", "misaligned_grouped_conv"]
 
@@ -26,11 +27,9 @@ def misaligned_grouped_conv(group: tp.Group, ch_groups: int, size: int) -> nn.Mo
     groups. A depthwise conv (the host's depthwise pruner shrinks ``groups`` with the
     channels) is fine only while its input and output channels are equal.
     """
-    root = torch.as_tensor(group[0].root_idxs, dtype=torch.long)
-    if len(root) == 0 or size < 1:
+    if len(group[0].root_idxs) == 0 or size < 1:
         return None
-    lookup = torch.full((int(root.max()) + 1,), -1, dtype=torch.long)
-    lookup[root] = torch.arange(len(root))
+    lookup = root_lookup(group)
     for item in group:
         module = item.dep.target.module
         if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
@@ -44,11 +43,8 @@ def misaligned_grouped_conv(group: tp.Group, ch_groups: int, size: int) -> nn.Mo
         outgoing = is_out_item(group, item.dep.handler)
         channels = module.out_channels if outgoing else module.in_channels
         period = channels // module.groups
-        roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
         idxs = torch.as_tensor(item.idxs, dtype=torch.long)
-        inside = (roots >= 0) & (roots < len(lookup))
-        where = torch.full_like(roots, -1)
-        where[inside] = lookup[roots[inside]]
+        where = positions_in(lookup, item.root_idxs)
         if (where < 0).any():
             return module  # indices that no unit owns: the grouping cannot be followed
         unit = where % size

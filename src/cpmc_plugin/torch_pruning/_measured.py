@@ -15,7 +15,7 @@ import torch_pruning as tp
 from torch.utils._pytree import tree_map
 
 from ..core.budget import CostTerm
-from ..core.probe import forward_once
+from ..core.probe import forward_hooks
 
 if TYPE_CHECKING:
     from .cost_model import CostModel
@@ -77,12 +77,7 @@ def capture_opaque_calls(
         detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
         calls[module].append(OpaqueCall(tree_map(detach, args), tree_map(detach, kwargs)))
 
-    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
-    try:
-        forward_once(model, example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_hooks(model, example_inputs, dict.fromkeys(layers, hook), pre=True, with_kwargs=True)
     return {layer: found for layer, found in calls.items() if found}
 
 
@@ -137,7 +132,10 @@ def _measure(
     errors: list[BaseException] = []
     for meta in (True, False):
         try:
-            return _measure_on(layer, pruner, calls, removed_out, removed_in, metric, meta)
+            twin = _pruned_copy(layer, pruner, removed_out, removed_in, meta)
+            if metric == "params":
+                return float(sum(p.numel() for p in twin.parameters()))
+            return _copy_macs(twin, pruner, pruner.get_in_channels(layer), calls, meta)
         except Exception as error:  # noqa: BLE001 - e.g. an op without a meta kernel
             errors.append(error)
     raise ValueError(
@@ -145,15 +143,10 @@ def _measure(
     )
 
 
-def _measure_on(
-    layer: nn.Module,
-    pruner: Any,
-    calls: Sequence[OpaqueCall],
-    removed_out: int,
-    removed_in: int,
-    metric: str,
-    meta: bool,
-) -> float:
+def _pruned_copy(
+    layer: nn.Module, pruner: Any, removed_out: int, removed_in: int, meta: bool
+) -> nn.Module:
+    """A copy of ``layer`` (on the meta device with ``meta``) less its first channels."""
     memo: dict[int, Any] = {}
     if meta:
         for p in layer.parameters():
@@ -161,13 +154,18 @@ def _measure_on(
         for b in layer.buffers():
             memo[id(b)] = b.detach().to("meta")
     twin = copy.deepcopy(layer, memo)
-    size_in = pruner.get_in_channels(layer)
     if removed_out:
         pruner.prune_out_channels(twin, list(range(removed_out)))
     if removed_in:
         pruner.prune_in_channels(twin, list(range(removed_in)))
-    if metric == "params":
-        return float(sum(p.numel() for p in twin.parameters()))
+    return twin
+
+
+def _copy_macs(
+    twin: nn.Module, pruner: Any, size_in: Any, calls: Sequence[OpaqueCall], meta: bool
+) -> float:
+    """The host's MACs of the pruned copy ``twin`` over ``calls``, their inputs cut to fit
+    (``size_in``: the original layer's input channels, as its pruner reports them)."""
     kept_in = pruner.get_in_channels(twin)
     move = lambda t: t.to("meta") if meta and isinstance(t, torch.Tensor) else t  # noqa: E731
     candidates: list[int | None] = [None]
@@ -185,7 +183,7 @@ def _measure_on(
         except Exception:  # noqa: BLE001 - this cut does not fit the copy: try the next
             continue
         return total
-    raise ValueError(f"no cut of the inputs fits a pruned {type(layer).__name__}")
+    raise ValueError(f"no cut of the inputs fits a pruned {type(twin).__name__}")
 
 
 def _measured_terms(

@@ -3,12 +3,14 @@ per-layer caps, and the layer types its cost model covers."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from ..core.layers import POOLING_TYPES
+from ..core.validate import fraction
 
 __all__ = ["HOST_OPTIONS"]
 
@@ -29,14 +31,6 @@ HOST_OPTIONS = frozenset(
 )
 
 
-def _fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number in (0, 1), got {value!r}")
-    if not math.isfinite(value) or not 0 < value < 1:
-        raise ValueError(f"{name} must be in (0, 1) (a fraction to remove), got {value}")
-    return float(value)
-
-
 def _resolve_budget(flops: Any, params: Any) -> tuple[str, float]:
     if flops is not None and params is not None:
         raise ValueError(
@@ -44,8 +38,8 @@ def _resolve_budget(flops: Any, params: Any) -> tuple[str, float]:
             f"(got flops_reduction={flops}, params_reduction={params})"
         )
     if params is not None:
-        return "params", _fraction("params_reduction", params)
-    return "macs", _fraction("flops_reduction", 0.5 if flops is None else flops)
+        return "params", fraction("params_reduction", params)
+    return "macs", fraction("flops_reduction", 0.5 if flops is None else flops)
 
 
 _REFUSED = {
@@ -61,14 +55,6 @@ def _why_refused(names: Sequence[str]) -> str:
     return "; ".join(reasons)
 
 
-def _check_cap(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number in (0, 1], got {value!r}")
-    if not 0 < value <= 1:
-        raise ValueError(f"{name} must be in (0, 1], got {value}")
-    return float(value)
-
-
 def _layer_caps(ratios: Any) -> dict[nn.Module, float]:
     """``pruning_ratio_dict`` as per-layer caps: ``{module or tuple of modules: ratio}``."""
     if ratios is None:
@@ -81,11 +67,7 @@ def _layer_caps(ratios: Any) -> dict[nn.Module, float]:
     caps: dict[nn.Module, float] = {}
     for key, ratio in ratios.items():
         name = f"pruning_ratio_dict[{type(key).__name__}]"
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-            raise TypeError(f"{name} must be a number in [0, 1], got {ratio!r}")
-        if not 0 <= ratio <= 1:  # 0: the layer keeps all its channels
-            raise ValueError(f"{name} must be in [0, 1], got {ratio}")
-        cap = float(ratio)
+        cap = fraction(name, ratio, zero=True, one=True)  # 0: the layer keeps all its channels
         modules = key if isinstance(key, tuple) else (key,)
         for module in modules:
             if not isinstance(module, nn.Module):
@@ -111,9 +93,6 @@ def _check_finite(model: nn.Module) -> None:
         raise ValueError(f"the model has non-finite (NaN or Inf) values in {shown}")
 
 
-_ROOTS = (nn.modules.conv._ConvNd, nn.Linear)
-
-
 #: layer types whose cost scaling the planner models (the others may make it miss)
 _MODELLED: tuple[type, ...] = (
     nn.modules.conv._ConvNd,
@@ -133,8 +112,5 @@ _MODELLED: tuple[type, ...] = (
     nn.Identity,
     nn.Dropout,
     nn.Flatten,
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
+    *POOLING_TYPES,
 )

@@ -15,15 +15,30 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch_pruning as tp
 
-from ..sparse.oicsr import OICSRImportance
-from ..sparse.ssr import SSRImportance
+from ..core.registry import Registry
 from .importance import CPMCImportance
 
-__all__ = ["CRITERIA", "make_importance", "needs_gradients"]
+__all__ = ["CRITERIA", "CRITERIA_REGISTRY", "Criterion", "make_importance", "needs_gradients"]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """How to build one criterion.
+
+    Attributes:
+        build: ``build(example_inputs, family, **options)`` -> the importance.
+        takes_options: whether it takes CPMC's ``family`` / ``alpha`` / ``beta`` / ... options.
+        needs_gradients: whether it reads ``.grad`` (run a backward pass before pruning).
+    """
+
+    build: Callable[..., tp.importance.Importance]
+    takes_options: bool = False
+    needs_gradients: bool = False
 
 
 def _cpmc(example_inputs: Any, family: str | None, **options: Any) -> tp.importance.Importance:
@@ -32,35 +47,59 @@ def _cpmc(example_inputs: Any, family: str | None, **options: Any) -> tp.importa
     return CPMCImportance(example_inputs, **options)
 
 
-_BUILDERS: dict[str, Callable[..., tp.importance.Importance]] = {
-    "cpmc": _cpmc,
-    "cpmc-a": lambda x, family, **o: _cpmc(x, family, weight_dependency=False, **o),
-    "oicsr": lambda x, family: OICSRImportance(),
-    "ssr": lambda x, family: SSRImportance(),
-    "l1": lambda x, family: tp.importance.GroupMagnitudeImportance(p=1),
-    "l2": lambda x, family: tp.importance.GroupMagnitudeImportance(p=2),
-    "bn-scale": lambda x, family: tp.importance.BNScaleImportance(),
+def _oicsr(example_inputs: Any, family: str | None) -> tp.importance.Importance:
+    from ..sparse.oicsr import OICSRImportance  # sparse/ is not imported when this loads
+
+    return OICSRImportance()
+
+
+def _ssr(example_inputs: Any, family: str | None) -> tp.importance.Importance:
+    from ..sparse.ssr import SSRImportance
+
+    return SSRImportance()
+
+
+#: the criteria by name (case and outer spaces folded), CPMC's first
+CRITERIA_REGISTRY: Registry[Criterion] = Registry("criterion", "criteria")
+for _name, _criterion in (
+    ("cpmc", Criterion(_cpmc, takes_options=True)),
+    (
+        "cpmc-a",
+        Criterion(
+            lambda x, family, **o: _cpmc(x, family, weight_dependency=False, **o),
+            takes_options=True,
+        ),
+    ),
+    ("oicsr", Criterion(_oicsr)),
+    ("ssr", Criterion(_ssr)),
+    ("l1", Criterion(lambda x, family: tp.importance.GroupMagnitudeImportance(p=1))),
+    ("l2", Criterion(lambda x, family: tp.importance.GroupMagnitudeImportance(p=2))),
+    ("bn-scale", Criterion(lambda x, family: tp.importance.BNScaleImportance())),
     # raw |gamma| compared across layers, as network slimming and BN-FISTA prune; finite
     # when a layer's scales are all zero (the per-layer mean of "bn-scale" is then 0)
-    "slimming": lambda x, family: tp.importance.BNScaleImportance(normalizer=None),
-    "lamp": lambda x, family: tp.importance.LAMPImportance(p=2),
-    "taylor": lambda x, family: tp.importance.GroupTaylorImportance(),
-    "random": lambda x, family: tp.importance.RandomImportance(),
-}
+    ("slimming", Criterion(lambda x, family: tp.importance.BNScaleImportance(normalizer=None))),
+    ("lamp", Criterion(lambda x, family: tp.importance.LAMPImportance(p=2))),
+    (
+        "taylor",
+        Criterion(lambda x, family: tp.importance.GroupTaylorImportance(), needs_gradients=True),
+    ),
+    ("random", Criterion(lambda x, family: tp.importance.RandomImportance())),
+):
+    CRITERIA_REGISTRY.register(_name, _criterion)
+del _name, _criterion
+
 #: criterion names, CPMC's first
-CRITERIA: tuple[str, ...] = tuple(_BUILDERS)
+CRITERIA: tuple[str, ...] = tuple(CRITERIA_REGISTRY.names())
 
 
 def needs_gradients(name: str) -> bool:
-    """Whether the criterion reads ``.grad`` (run a backward pass on a batch before pruning)."""
-    return _check(name) == "taylor"
+    """Whether the criterion reads ``.grad`` (run a backward pass on a batch before pruning).
 
-
-def _check(name: str) -> str:
-    key = name.strip().lower() if isinstance(name, str) else name
-    if key not in _BUILDERS:
-        raise ValueError(f"unknown criterion {name!r}; known criteria: {', '.join(CRITERIA)}")
-    return str(key)
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: unknown criterion; the message lists the known ones.
+    """
+    return CRITERIA_REGISTRY.get(name).needs_gradients
 
 
 def make_importance(
@@ -70,10 +109,16 @@ def make_importance(
 
     ``family`` picks a measured preset ("vgg", "resnet", "densenet"); explicit
     ``alpha``/``beta`` override it. Other criteria take no options.
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: unknown criterion (the message lists the known ones), or options
+            given to a criterion that takes none.
     """
-    key = _check(name)
-    if not key.startswith("cpmc"):
+    criterion = CRITERIA_REGISTRY.get(name)
+    if not criterion.takes_options:
         if options:
+            key = CRITERIA_REGISTRY.canonical(name)
             raise ValueError(f"criterion {key!r} takes no options, got {sorted(options)}")
-        return _BUILDERS[key](example_inputs, family)
-    return _BUILDERS[key](example_inputs, family, **options)
+        return criterion.build(example_inputs, family)
+    return criterion.build(example_inputs, family, **options)

@@ -34,6 +34,7 @@ import torch_pruning as tp
 
 from ..core.probe import forward_once
 from .group_stats import is_out_item
+from .indexing import positions_in, root_lookup
 
 __all__ = [
     "Fold",
@@ -127,13 +128,13 @@ def plan_folds(
     A channel whose constant is 0 needs nothing; a non-zero constant needs a fold into
     every reader, which only a Linear or an unpadded conv can take.
     """
-    position = {int(r): i for i, r in enumerate(group[0].root_idxs)}
+    lookup = root_lookup(group)
     plan = FoldPlan(foldable=chosen.clone())
     for item in readers(group):
         layer = item.dep.target.module
-        for idx, root in zip(item.idxs, item.root_idxs, strict=True):
-            at = position.get(int(root))
-            if at is None or not bool(chosen[at]):
+        where = positions_in(lookup, item.root_idxs).tolist()
+        for idx, at in zip(item.idxs, where, strict=True):
+            if at < 0 or not bool(chosen[at]):
                 continue
             value = constant(layer, inputs.get(layer), int(idx))
             if value is None or (value != 0 and not can_fold(layer)):

@@ -17,17 +17,10 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ..core.cpmc import channel_norm
+from ..core.layers import AFFINE_TYPES, ROOT_TYPES
+from .indexing import positions_in, root_lookup
 
 __all__ = ["GroupStats", "group_stats", "is_out_item"]
-
-
-_AFFINE_TYPES = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.PReLU,
-)
 
 
 @dataclass(frozen=True)
@@ -66,7 +59,7 @@ def _out_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | N
             norms = [(channel_norm(weight, p, dim=0), int(weight[0].numel()))]
     elif isinstance(layer, nn.Linear):
         norms = [(channel_norm(layer.weight, p, dim=0), layer.in_features)]
-    elif isinstance(layer, _AFFINE_TYPES):
+    elif isinstance(layer, AFFINE_TYPES):
         scale = getattr(layer, "weight", None)
         if not isinstance(scale, torch.Tensor):
             return []
@@ -104,10 +97,8 @@ def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: f
     ``positions`` gives each layer's output positions per sample (H*W of a conv
     map); without it MACs are reported as zeros.
     """
-    root_order = torch.as_tensor(group[0].root_idxs, dtype=torch.long)
-    n = len(root_order)
-    lookup = torch.full((int(root_order.max()) + 1 if n else 1,), -1, dtype=torch.long)
-    lookup[root_order] = torch.arange(n)
+    n = len(group[0].root_idxs)
+    lookup = root_lookup(group)
     acc = {k: torch.zeros(n, dtype=torch.float64) for k in ("ov", "iv", "op", "ip", "om", "im")}
     producers = 0
     unsupported: list[str] = []
@@ -115,10 +106,9 @@ def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: f
         layer = item.dep.target.module
         if not isinstance(layer, nn.Module) or not item.idxs:
             continue
-        roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
-        if (roots > len(lookup) - 1).any() or (lookup[roots] < 0).any():
+        where = positions_in(lookup, item.root_idxs)
+        if (where < 0).any():
             continue  # index outside the root's channels (partial group): nothing to score
-        where = lookup[roots]
         idxs = torch.as_tensor(item.idxs, dtype=torch.long)
         outgoing = is_out_item(group, item.dep.handler)
         norms = _out_norms(layer, p) if outgoing else _in_norms(layer, p)
@@ -126,7 +116,7 @@ def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: f
             if any(True for _ in layer.parameters(recurse=False)):
                 unsupported.append(type(layer).__name__)
             continue
-        if outgoing and isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)):
+        if outgoing and isinstance(layer, ROOT_TYPES):
             producers += 1
         spots = float(positions.get(layer, 0)) if positions is not None else 0.0
         value_key, params_key, macs_key = ("ov", "op", "om") if outgoing else ("iv", "ip", "im")

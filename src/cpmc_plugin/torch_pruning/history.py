@@ -34,12 +34,17 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-__all__ = ["FORMAT", "load_pruned", "save_pruned"]
+__all__ = ["FORMAT", "load_pruned", "plain_history", "replay_history", "save_pruned"]
 
 FORMAT = "cpmc-plugin/pruned-model/v1"
 
 
-def _plain_history(history: Sequence[Any]) -> list[list[Any]]:
+def plain_history(history: Sequence[Any]) -> list[list[Any]]:
+    """``[[name, is_out, [idx, ...]], ...]``: a pruning history as plain, ``weights_only`` data.
+
+    Raises:
+        ValueError: an entry is not a ``(name, is_out, idxs)`` triple.
+    """
     plain = []
     for entry in history:
         try:
@@ -50,6 +55,21 @@ def _plain_history(history: Sequence[Any]) -> list[list[Any]]:
     return plain
 
 
+def replay_history(model: nn.Module, history: Sequence[Any], example_inputs: Any) -> None:
+    """Prune ``model`` in place as ``history`` (torch-pruning's pruning history) records.
+
+    ``model`` is a fresh, unpruned instance of the architecture the history was recorded
+    on; it is traced on ``example_inputs`` and every recorded step is applied in order.
+    An empty history leaves the model as it is (and traces nothing). The history itself
+    is not changed. Both saved formats, :func:`save_pruned`'s and the ``cpmc-prune``
+    checkpoints, are rebuilt through this one function.
+    """
+    if not history:
+        return
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    graph.load_pruning_history(copy.deepcopy(list(history)))
+
+
 def save_pruned(
     model: nn.Module, path: str | os.PathLike[str], pruning_history: Sequence[Any]
 ) -> None:
@@ -57,7 +77,7 @@ def save_pruned(
     torch.save(
         {
             "format": FORMAT,
-            "pruning_history": _plain_history(pruning_history),
+            "pruning_history": plain_history(pruning_history),
             "state_dict": model.state_dict(),
         },
         path,
@@ -89,8 +109,7 @@ def load_pruned(
         raise ValueError(f"{path} is not a cpmc-plugin pruned model (expected format {FORMAT!r})")
     pruned = copy.deepcopy(model)
     try:
-        graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example_inputs)
-        graph.load_pruning_history(data["pruning_history"])
+        replay_history(pruned, data["pruning_history"], example_inputs)
         pruned.load_state_dict(data["state_dict"])
     except Exception as error:
         raise ValueError(

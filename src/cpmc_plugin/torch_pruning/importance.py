@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,18 +11,31 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..core.atomic import shape_signature
 from ..core.cpmc import combine_criteria, normalize, validate_criterion_options
+from ..core.layers import ROOT_TYPES
 from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
 from ..core.probe import probe_positions
+from ..core.validate import flag
 from .group_stats import GroupStats, group_stats
 
-__all__ = ["CPMCImportance"]
-
-ROOT_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+__all__ = ["CPMCImportance", "RankingScope"]
 
 
-def _shape_signature(model: nn.Module) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(p.shape) for p in model.parameters())
+@dataclass(frozen=True)
+class RankingScope:
+    """The channels one ranking compares: CPMC's P_max and F_max run over these groups.
+
+    Attributes:
+        groups: the groups that will be scored (the prunable scope).
+        positions: feature-map size per module; ``None``: measured when ``beta > 0``.
+        ignored_layers: left out when the scope is rebuilt lazily (a call on a group
+            outside ``groups``, or after the model's shapes changed).
+    """
+
+    groups: tuple[tp.Group, ...]
+    positions: Mapping[nn.Module, int] | None = None
+    ignored_layers: tuple[nn.Module, ...] = ()
 
 
 @dataclass
@@ -80,8 +93,7 @@ class CPMCImportance(tp.importance.Importance):
         weight_dependency: bool = True,
     ) -> None:
         validate_criterion_options(alpha=alpha, beta=beta, p=p, normalizer=normalizer)
-        if not isinstance(weight_dependency, bool):
-            raise TypeError(f"weight_dependency must be a bool, got {weight_dependency!r}")
+        flag("weight_dependency", weight_dependency)
         self.example_inputs = example_inputs
         self.alpha = float(alpha)
         self.beta = float(beta)
@@ -89,7 +101,7 @@ class CPMCImportance(tp.importance.Importance):
         self.normalizer = normalizer
         self.weight_dependency = weight_dependency
         self._context: _ModelContext | None = None
-        self._ignored: list[nn.Module] = []
+        self._scope_ignored: tuple[nn.Module, ...] = ()  # set only by set_scope
         self._warned: set[str] = set()
         self._kept_stats: dict[int, GroupStats] = {}
 
@@ -107,6 +119,25 @@ class CPMCImportance(tp.importance.Importance):
         )
 
     # ------------------------------------------------------------------ context
+    def set_scope(self, graph: tp.DependencyGraph, scope: RankingScope) -> None:
+        """Rank the next calls against ``scope``.
+
+        The maxima P_max and F_max run over its groups, and each of its groups is scored
+        once from the statistics computed here. A call on another group, or after the
+        model's shapes changed, rebuilds the scope from every conv/linear group of the
+        graph outside ``scope.ignored_layers``. :class:`~cpmc_plugin.CPMCPruner` calls
+        this before every ranking with the groups it ranks and the feature-map sizes it
+        measured; without a call, the scope is every conv/linear group of the graph.
+
+        Raises:
+            TypeError: ``scope`` is not a :class:`RankingScope`.
+        """
+        if not isinstance(scope, RankingScope):
+            raise TypeError(f"scope must be a RankingScope, got {type(scope).__name__}")
+        self._scope_ignored = tuple(scope.ignored_layers)
+        positions = None if scope.positions is None else dict(scope.positions)
+        self._prepare(graph, scope.groups, positions, keep=True)
+
     def prepare(
         self,
         graph: tp.DependencyGraph,
@@ -115,13 +146,22 @@ class CPMCImportance(tp.importance.Importance):
         *,
         keep: bool = False,
     ) -> None:
-        """Compute the global maxima of P and F over ``groups`` (the prunable scope).
+        """Compute the global maxima of P and F over ``groups`` (compatibility).
 
-        :class:`~cpmc_plugin.CPMCPruner` calls this before every step with the groups it
-        ranks and the feature-map sizes it measured; standalone use prepares lazily
-        over all conv/linear groups of the graph. With ``keep=True`` the statistics of
-        these group objects are reused when they are scored (the caller keeps them alive).
+        Kept for existing callers: ``keep=False`` sets the maxima only; ``keep=True``
+        also reuses the statistics of these group objects when they are scored, as
+        :meth:`set_scope` does (which new code should call).
         """
+        self._prepare(graph, groups, positions, keep)
+
+    def _prepare(
+        self,
+        graph: tp.DependencyGraph,
+        groups: Iterable[tp.Group],
+        positions: dict[nn.Module, int] | None,
+        keep: bool,
+    ) -> None:
+        """The maxima over ``groups``; with ``keep``, their statistics for one scoring."""
         if positions is None and self._needs_positions():
             positions = self._measure(graph.model)
         params_max = macs_max = 0.0
@@ -136,7 +176,7 @@ class CPMCImportance(tp.importance.Importance):
                 macs_max = max(macs_max, float(macs.max()))
         self._context = _ModelContext(
             graph_id=id(graph),
-            signature=_shape_signature(graph.model),
+            signature=shape_signature(graph.model),
             positions=positions,
             params_max=params_max,
             macs_max=macs_max,
@@ -158,10 +198,12 @@ class CPMCImportance(tp.importance.Importance):
         if (
             context is None
             or context.graph_id != id(graph)
-            or context.signature != _shape_signature(graph.model)
+            or context.signature != shape_signature(graph.model)
         ):
-            scope = graph.get_all_groups(ignored_layers=self._ignored, root_module_types=ROOT_TYPES)
-            self.prepare(graph, scope)
+            scope = graph.get_all_groups(
+                ignored_layers=list(self._scope_ignored), root_module_types=ROOT_TYPES
+            )
+            self._prepare(graph, scope, None, False)
             context = self._context
             assert context is not None
         return context

@@ -12,28 +12,36 @@ import torch.nn as nn
 import torch_pruning as tp
 from tqdm.auto import tqdm
 
-from ..core.atomic import ModelSnapshot, RunFailure, RunSignature, check_still_runs, signature
+from ..core.atomic import (
+    ModelSnapshot,
+    RunFailure,
+    RunSignature,
+    check_still_runs,
+    shape_signature,
+    signature,
+)
 from ..core.budget import UnreachableBudgetError, lowest_cost, plan_removal
+from ..core.layers import ROOT_TYPES
 from ..core.probe import positions_by_module, record_calls
 from ..core.report import LayerChannels, PruneReport
+from ..core.validate import flag, fraction, function, integer, optional_integer
 from ._coupling import hidden_coupling, misaligned_grouped_conv
 from ._measured import capture_opaque_calls, opaque_layers
 from ._options import (
     _MODELLED,
-    _ROOTS,
     HOST_OPTIONS,
-    _check_cap,
     _check_finite,
     _layer_caps,
     _resolve_budget,
     _why_refused,
 )
-from ._options import _fraction as _fraction  # re-exported: nni/pruner.py uses it
 from ._ranking import _isomorphic_quantiles, _next_planning_target
 from .cost_model import GroupUnits, build_cost_model, map_calls, remeasure_sites
 from .counting import _count, _Counts
 from .graph import describe_host_failure, repair_concat_mappings
-from .importance import CPMCImportance, _shape_signature
+from .importance import CPMCImportance, RankingScope
+from .planning import Plan
+from .removal import Removal, groups_in_order
 
 __all__ = ["CPMCPruner"]
 
@@ -120,22 +128,12 @@ class CPMCPruner(tp.pruner.BasePruner):
                 + ", ".join(sorted(HOST_OPTIONS))
             )
         self.metric, self.reduction = _resolve_budget(flops_reduction, params_reduction)
-        if isinstance(iterative_steps, bool) or not isinstance(iterative_steps, int):
-            raise TypeError(f"iterative_steps must be an int >= 1, got {iterative_steps!r}")
-        if iterative_steps < 1:
-            raise ValueError(f"iterative_steps must be an int >= 1, got {iterative_steps}")
-        _check_cap("max_pruning_ratio", max_pruning_ratio)
-        if round_to is not None and (
-            isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1
-        ):
-            raise ValueError(f"round_to must be None or an int >= 1, got {round_to!r}")
-        if finetune_fn is not None and not callable(finetune_fn):
-            raise TypeError(
-                f"finetune_fn must be callable as finetune_fn(model, step), got {finetune_fn!r}"
-            )
-        isomorphic = host_options.pop("isomorphic", False)
-        if not isinstance(isomorphic, bool):
-            raise TypeError(f"isomorphic must be a bool, got {isomorphic!r}")
+        integer("iterative_steps", iterative_steps, minimum=1)
+        fraction("max_pruning_ratio", max_pruning_ratio, one=True)
+        optional_integer("round_to", round_to, minimum=1)
+        if finetune_fn is not None:
+            function("finetune_fn", finetune_fn, call="finetune_fn(model, step)")
+        isomorphic = flag("isomorphic", host_options.pop("isomorphic", False))
         caps = _layer_caps(host_options.pop("pruning_ratio_dict", None))
         if importance is None:
             importance = CPMCImportance(example_inputs)
@@ -186,10 +184,8 @@ class CPMCPruner(tp.pruner.BasePruner):
         self._initial_layers = [
             (name, type(m).__name__, self.DG.get_out_channels(m))
             for name, m in model.named_modules()
-            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m in self.DG.module2node
+            if isinstance(m, ROOT_TYPES) and m in self.DG.module2node
         ]
-        if isinstance(importance, CPMCImportance):
-            importance._ignored = self.ignored_layers
         self._check_reachable()
 
     # ------------------------------------------------------------------ stepping
@@ -263,7 +259,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         return self.target_cost(step)
 
     def _units(self) -> list[GroupUnits]:
-        signature = _shape_signature(self.model)
+        signature = shape_signature(self.model)
         if self._units_cache is not None and self._units_cache[0] == signature:
             return self._units_cache[1]
         repair_concat_mappings(self.DG)  # before any group is read: see its docstring
@@ -327,7 +323,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         return self._latest
 
     def _cost_model(self, units: list[GroupUnits]) -> Any:
-        key = (_shape_signature(self.model), tuple(id(u.group) for u in units))
+        key = (shape_signature(self.model), tuple(id(u.group) for u in units))
         if self._model_cache is not None and self._model_cache[0] == key:
             return self._model_cache[1]
         counts = self._current
@@ -382,8 +378,12 @@ class CPMCPruner(tp.pruner.BasePruner):
 
     # ------------------------------------------------------------------ scoring
     def _score(self, units: list[GroupUnits]) -> tuple[list[GroupUnits], list[torch.Tensor]]:
-        if isinstance(self.importance, CPMCImportance):
-            self.importance.prepare(self.DG, [u.group for u in units], self._positions, keep=True)
+        set_scope = getattr(self.importance, "set_scope", None)
+        if callable(set_scope):  # CPMC, or any importance that opts in
+            scope = RankingScope(
+                tuple(u.group for u in units), self._positions, tuple(self.ignored_layers)
+            )
+            set_scope(self.DG, scope)
         kept, scores = [], []
         for unit in units:
             imp = self.estimate_importance(unit.group)
@@ -433,7 +433,7 @@ class CPMCPruner(tp.pruner.BasePruner):
             for _ in range(MAX_CORRECTIONS + 1):
                 self._corrected_target = planning
                 try:
-                    plan = self._plan(step)
+                    plan = self.plan(step)
                 except UnreachableBudgetError as error:
                     if not tried or planning >= error.best_cost:
                         raise
@@ -460,26 +460,21 @@ class CPMCPruner(tp.pruner.BasePruner):
         finally:
             self._corrected_target = None
 
-    def _apply(self, plan: list[tuple[nn.Module, Any, list[int]]]) -> None:
-        for module, fn, idxs in plan:
-            self._group_for(module, fn, idxs).prune()
+    def _apply(self, plan: Plan) -> None:
+        for _, group in groups_in_order(self.DG, plan.removals, self._check_group):
+            group.prune()
             self._latest = None  # counted when next needed
         self._pruned_step = self.current_step
 
-    def _group_for(self, module: nn.Module, fn: Any, idxs: list[int]) -> tp.Group:
-        """The host group of one planned removal, on the graph as it is now.
-
-        Groups are made one at a time, after the previous ones were pruned, so that index
-        mappings through concatenations are current (as torch-pruning does).
-        """
-        group = self.DG.get_pruning_group(module, fn, idxs)
+    def _check_group(self, removal: Removal, group: tp.Group) -> None:
+        """Refuse a planned group that reaches the model's output or would empty a layer."""
         if any(item.dep.target.type == tp.ops.OPTYPE.OUTPUT for item in group):
             names = [
                 f"'{self.DG._module2name[m]}' ({type(m).__name__})"
                 for m in dict.fromkeys(
                     item.dep.target.module
                     for item in group
-                    if isinstance(item.dep.target.module, _ROOTS)
+                    if isinstance(item.dep.target.module, ROOT_TYPES)
                     and self.DG.is_out_channel_pruning_fn(item.dep.handler)
                 )
             ]
@@ -490,7 +485,6 @@ class CPMCPruner(tp.pruner.BasePruner):
             )
         if not self.DG.check_pruning_group(group):
             raise RuntimeError(f"internal error: the plan would empty a layer ({group})")
-        return group
 
     def _check_runs(self) -> None:
         """Run the pruned model once; a ``ValueError`` (the caller restores) if it fails."""
@@ -537,15 +531,15 @@ class CPMCPruner(tp.pruner.BasePruner):
             self._warn_done()
             return
         try:
-            plan = self._plan(self.current_step)
+            plan = self.plan(self.current_step)
         except Exception:
             self.current_step -= 1  # nothing was pruned: the step did not happen
             raise
         snapshot = ModelSnapshot(self.model)
         before = self._latest
         try:
-            for module, fn, idxs in plan:
-                yield self._group_for(module, fn, idxs)
+            for _, group in groups_in_order(self.DG, plan.removals, self._check_group):
+                yield group
                 self._latest = None  # counted when next needed: report() or the next step
                 self._pruned_step = self.current_step
             self._check_runs()
@@ -557,23 +551,31 @@ class CPMCPruner(tp.pruner.BasePruner):
             self.current_step -= 1
             raise
 
-    def _plan(self, step: int) -> list[tuple[nn.Module, Any, list[int]]]:
+    def plan(self, step: int | None = None) -> Plan:
+        """Plan step ``step`` (default: the next one) on the model as it is now.
+
+        Nothing is pruned: the :class:`~cpmc_plugin.torch_pruning.planning.Plan` lists
+        the removals ``step()`` would apply first (before any correction against the
+        measured count) and the cost the planner predicts for them.
+
+        Raises:
+            UnreachableBudgetError: the caps leave the step's target out of reach.
+        """
+        step = self.current_step + 1 if step is None else step
         units, scores = self._score(self._units())
         model = self._cost_model(units)
         floors = [self._floor(u) for u in units]
         groups = model.channel_groups(units, scores, floors, self._rounding, self._floor)
+        target = self._planning_target(step)
         try:
-            plan = plan_removal(
-                groups,
-                dim_sizes=model.dim_sizes,
-                terms=model.terms,
-                target_cost=self._planning_target(step),
+            budget = plan_removal(
+                groups, dim_sizes=model.dim_sizes, terms=model.terms, target_cost=target
             )
         except UnreachableBudgetError as error:
             raise self._unreachable(error.best_cost) from None
-        self._granularity = plan.granularity
-        actions = []
-        for unit, removed, floor in zip(units, plan.removed, floors, strict=True):
+        self._granularity = budget.granularity
+        removals = []
+        for unit, removed, floor in zip(units, budget.removed, floors, strict=True):
             if len(removed) == 0:
                 continue
             if unit.size - len(removed) < floor:
@@ -582,9 +584,29 @@ class CPMCPruner(tp.pruner.BasePruner):
             removed = unit.members(removed)  # with the units the host removes with them
             positions = (removed[:, None] + offsets[None, :]).flatten()
             roots = torch.as_tensor(unit.group[0].root_idxs)[positions]
+            pairs = sorted(zip(roots.tolist(), positions.tolist(), strict=True))
             root = unit.group[0].dep
-            actions.append((root.target.module, root.handler, sorted(roots.tolist())))
-        return actions
+            removals.append(
+                Removal(
+                    root.target.module,
+                    root.handler,
+                    tuple(int(r) for r, _ in pairs),
+                    tuple(int(p) for _, p in pairs),
+                    self.DG._module2name.get(root.target.module, ""),
+                )
+            )
+        return Plan(
+            removals=tuple(removals),
+            metric=self.metric,
+            target_cost=float(target),
+            cost=float(budget.cost),
+            base_cost=float(budget.base_cost),
+            granularity=float(budget.granularity),
+        )
+
+    def _plan(self, step: int) -> list[tuple[nn.Module, Any, list[int]]]:
+        """``plan(step)``'s removals as ``(module, handler, root idxs)`` (compatibility)."""
+        return [(r.module, r.handler, list(r.idxs)) for r in self.plan(step).removals]
 
     def _warn_if_off_target(self, counts: _Counts) -> None:
         initial = self._initial.macs if self.metric == "macs" else self._initial.params

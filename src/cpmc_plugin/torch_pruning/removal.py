@@ -16,7 +16,7 @@ from every block (:func:`channel_blocks`, :func:`blocks_line_up`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +29,14 @@ from .weight_groups import WeightGroups
 
 __all__ = [
     "Removal",
+    "RemovalFailed",
     "align_to_blocks",
     "apply_removals",
     "blocks_line_up",
     "channel_blocks",
+    "groups_in_order",
     "plan_removal",
+    "prune_in_order",
     "remove_small_groups",
     "validated",
 ]
@@ -47,6 +50,7 @@ class Removal:
     handler: Any
     idxs: tuple[int, ...]
     positions: tuple[int, ...]  # the same channels as positions in the group's root order
+    name: str = ""  # the module's name in the graph, for messages ("" when unknown)
 
 
 def plan_removal(group: tp.Group, remove: torch.Tensor, priority: torch.Tensor) -> Removal | None:
@@ -89,16 +93,72 @@ def validated(graph: tp.DependencyGraph, removals: Sequence[Removal]) -> list[Re
     return accepted
 
 
-def apply_removals(graph: tp.DependencyGraph, removals: Sequence[Removal]) -> int:
-    """Prune every removal (one group at a time, so that index maps through concatenations
-    stay current); returns the number of channels removed."""
-    removed = 0
+class RemovalFailed(ValueError):
+    """torch-pruning refused or failed one removal of :func:`prune_in_order` (``strict``).
+
+    The removals before it are pruned already: callers run the whole removal under
+    :func:`~cpmc_plugin.core.atomic.prune_atomically` (or a snapshot) and restore.
+    """
+
+    def __init__(self, removal: Removal, error: BaseException | None) -> None:
+        what = "it would empty a layer" if error is None else f"{type(error).__name__}: {error}"
+        name = removal.name or type(removal.module).__name__
+        super().__init__(
+            f"torch-pruning failed to remove {len(removal.idxs)} channels of {name}: {what}"
+        )
+        self.removal = removal
+        self.error = error
+
+
+def groups_in_order(
+    graph: tp.DependencyGraph,
+    removals: Sequence[Removal],
+    check: Callable[[Removal, tp.Group], None] | None = None,
+) -> Iterator[tuple[Removal, tp.Group]]:
+    """Each removal with its host group, built only when the previous one was handled.
+
+    Groups are made one at a time, after the previous ones were pruned, so that index
+    mappings through concatenations are current (as torch-pruning does). ``check`` is
+    called on every group before it is yielded (it raises to refuse one).
+    """
     for r in removals:
         group = graph.get_pruning_group(r.module, r.handler, list(r.idxs))
-        if graph.check_pruning_group(group):
+        if check is not None:
+            check(r, group)
+        yield r, group
+
+
+def prune_in_order(
+    graph: tp.DependencyGraph, removals: Sequence[Removal], *, strict: bool = False
+) -> int:
+    """Prune the removals one group at a time (:func:`groups_in_order`); returns how many
+    channels went.
+
+    A group torch-pruning refuses (it would empty a layer) is skipped, or with
+    ``strict=True`` raises :class:`RemovalFailed`, as does any error of the host's
+    ``prune()`` then.
+    """
+    removed = 0
+    for r, group in groups_in_order(graph, removals):
+        if not graph.check_pruning_group(group):
+            if strict:
+                raise RemovalFailed(r, None)
+            continue
+        if strict:
+            try:
+                group.prune()
+            except Exception as error:
+                raise RemovalFailed(r, error) from error
+        else:
             group.prune()
-            removed += len(r.idxs)
+        removed += len(r.idxs)
     return removed
+
+
+def apply_removals(graph: tp.DependencyGraph, removals: Sequence[Removal]) -> int:
+    """Prune every removal the host accepts, in order; returns the number of channels
+    removed (:func:`prune_in_order`)."""
+    return prune_in_order(graph, removals)
 
 
 def remove_small_groups(

@@ -22,7 +22,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .group_stats import _AFFINE_TYPES, is_out_item
+from ..core.layers import AFFINE_TYPES
+from .group_stats import is_out_item
+from .indexing import positions_in, root_lookup
 
 __all__ = ["WeightGroups"]
 
@@ -91,7 +93,7 @@ def _tensors(layer: nn.Module, kind: _Kind) -> list[str] | None:
     own = [n for n in ("weight", "bias") if isinstance(getattr(layer, n, None), nn.Parameter)]
     if isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)):
         return own if kind == "out" else ["weight"]
-    if isinstance(layer, _AFFINE_TYPES) and kind == "out":
+    if isinstance(layer, AFFINE_TYPES) and kind == "out":
         if isinstance(layer, nn.PReLU) and layer.weight.numel() == 1:
             return []
         return own
@@ -131,8 +133,7 @@ class WeightGroups:
             if len(roots) == 0:
                 continue
             starts.append(offset)
-            lookup = torch.full((int(roots.max()) + 1,), -1, dtype=torch.long)
-            lookup[roots] = torch.arange(len(roots)) + offset
+            lookup = root_lookup(group)
             for item in group:
                 layer = item.dep.target.module
                 if not isinstance(layer, nn.Module) or not item.idxs:
@@ -144,12 +145,9 @@ class WeightGroups:
                 if names is None:
                     unsupported.add(type(layer).__name__)
                     continue
-                item_roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
-                where = torch.full_like(item_roots, -1)
-                inside = item_roots < len(lookup)
-                where[inside] = lookup[item_roots[inside]]
+                where = positions_in(lookup, item.root_idxs)
                 idxs = torch.as_tensor(item.idxs, dtype=torch.long)[where >= 0]
-                where = where[where >= 0]  # roots outside this group: not its channels
+                where = where[where >= 0] + offset  # roots outside this group: not its channels
                 for name in names:
                     tensor = getattr(layer, name)
                     mapping = _channel_of_cell(layer, tensor, kind)

@@ -1,0 +1,92 @@
+"""One :class:`~cpmc_plugin.CPMCPruner` run to a budget; gradients when the criterion reads them.
+
+The CLI's ``prune`` and ``report`` commands prune this way. A gradient criterion (``"taylor"``)
+gets a fresh backward pass on ``grad_batch`` before every step, so that it ranks the shapes
+that step sees; the gradients are cleared afterwards.
+
+Example:
+    >>> import torch
+    >>> from cpmc_plugin.models import resnet20
+    >>> from cpmc_plugin.torch_pruning.criteria import make_importance
+    >>> _ = torch.manual_seed(0)
+    >>> model, x = resnet20(num_classes=3), torch.randn(1, 3, 16, 16)
+    >>> pruner = prune_to_budget(model, x, make_importance("l1"), flops_reduction=0.5)
+    >>> 0.45 < pruner.report().macs_reduction < 0.55
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core.validate import integer
+from .host import Importance
+from .pruner import CPMCPruner
+
+__all__ = ["prune_to_budget"]
+
+
+def prune_to_budget(
+    model: nn.Module,
+    example_inputs: Any,
+    importance: Importance,
+    *,
+    flops_reduction: float | None = None,
+    params_reduction: float | None = None,
+    steps: int = 1,
+    needs_gradients: bool = False,
+    grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ignored_layers: Sequence[nn.Module] | None = None,
+) -> CPMCPruner:
+    """Prune ``model`` in place to the budget with ``importance``; return the pruner.
+
+    Args:
+        model: the model, changed in place.
+        example_inputs: what ``model`` is traced with.
+        importance: ranks the channels (any torch-pruning importance).
+        flops_reduction: fraction of MACs to remove (or ``params_reduction``).
+        params_reduction: fraction of parameters to remove.
+        steps: iterative steps.
+        needs_gradients: the importance reads ``.grad`` (a cross-entropy backward pass on
+            ``grad_batch = (images, labels)`` runs before every step).
+        grad_batch: the batch of a gradient criterion.
+        ignored_layers: layers kept whole; default: the model's ``classifier`` if it has one
+            (pass ``()`` to keep nothing whole).
+
+    Raises:
+        ValueError: a gradient criterion without ``grad_batch``, or what
+            :class:`~cpmc_plugin.CPMCPruner` refuses (the model is then unchanged).
+    """
+    steps = integer("steps", steps, minimum=1)
+    if needs_gradients and grad_batch is None:
+        raise ValueError(
+            "this criterion reads gradients: pass grad_batch=(images, labels) to compute them"
+        )
+    if ignored_layers is None:
+        classifier = getattr(model, "classifier", None)
+        ignored_layers = [classifier] if isinstance(classifier, nn.Module) else None
+    pruner = CPMCPruner(
+        model,
+        example_inputs,
+        importance=importance,
+        flops_reduction=flops_reduction,
+        params_reduction=params_reduction,
+        iterative_steps=steps,
+        ignored_layers=list(ignored_layers) if ignored_layers is not None else None,
+    )
+    if needs_gradients:
+        assert grad_batch is not None
+        images, labels = grad_batch
+        for _ in range(steps):  # gradients of the current shapes before every step
+            model.zero_grad()
+            F.cross_entropy(model(images), labels).backward()
+            pruner.step()
+        model.zero_grad()
+    else:
+        pruner.prune()
+    return pruner

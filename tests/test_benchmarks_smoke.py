@@ -1,0 +1,120 @@
+"""Every benchmark script runs end to end with tiny settings and writes its JSON.
+
+One subprocess per ``benchmarks/*.py`` not starting with ``_``, as a user runs it
+(``python benchmarks/x.py``), with ``--out`` (and caches, work folders) under
+``tmp_path``. A script without an entry in :data:`TINY_ARGS` fails the test, so a new
+benchmark has to say how to run it small.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+__all__: list[str] = []
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
+
+#: per script, its tiny options; ``{tmp}`` becomes the test's ``tmp_path``. Each writes
+#: ``{tmp}/<script>.json``.
+TINY_ARGS: dict[str, list[str]] = {
+    "criteria": [
+        "--dataset", "digits", "--models", "tiny-vgg", "--grid-model", "tiny-vgg",
+        "--grid-rates", "0.5", "--criteria", "l1", "cpmc-default", "--epochs", "1",
+        "--train-subset", "256", "--test-subset", "128", "--finetune-subset", "128",
+        "--calib-batches", "1", "--seeds", "0", "--latency-reps", "1", "--threads", "1",
+        "--device", "cpu", "--cache-dir", "{tmp}/cache", "--out", "{tmp}/criteria.json",
+    ],
+    "host_test_suite": [
+        "--host-tests", "{tmp}/host_tests", "--modes", "pruner", "--timeout", "60",
+        "--workdir", "{tmp}/work", "--out", "{tmp}/host_test_suite.json",
+    ],
+    "nni_criteria": [
+        "--dataset", "digits", "--model", "resnet20", "--epochs", "1", "--finetune-epochs", "1",
+        "--train-subset", "256", "--seeds", "0", "--modes", "layer",
+        "--pruners", "CPMCPruner", "L1NormPruner", "--threads", "1",
+        "--cache-dir", "{tmp}/cache", "--out", "{tmp}/nni_criteria.json",
+    ],
+    "prune_speed": [
+        "--models", "resnet50", "--repeats", "1", "--image-size", "64", "--threads", "1",
+        "--out", "{tmp}/prune_speed.json",
+    ],
+    "regularizer_overhead": [
+        "--model", "resnet20", "--batch", "2", "--repeats", "1", "--warmup", "0",
+        "--threads", "1", "--out", "{tmp}/regularizer_overhead.json",
+    ],
+    "select_presets": [
+        "--families", "resnet", "--seeds", "0", "--alphas", "0.1", "--betas", "0.1",
+        "--epochs", "1", "--image-size", "8", "--out", "{tmp}/select_presets.json",
+    ],
+    "sparse_training": [
+        "--methods", "bn-fista", "--strength", "bn-fista=0.05", "--train-subset", "256",
+        "--test-subset", "128", "--epochs", "1", "--sparse-epochs", "1",
+        "--finetune-epochs", "1", "--threads", "1", "--cache-dir", "{tmp}/cache",
+        "--out", "{tmp}/sparse_training.json",
+    ],
+}  # fmt: skip
+
+FAKE_HOST_TEST = """
+import torch
+import torch_pruning as tp
+
+
+def test_prune_one_conv():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+    example = torch.randn(1, 3, 8, 8)
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=0.5, ignored_layers=[model[2]],
+    )
+    pruner.step()
+    assert model[0].out_channels < 8
+"""
+
+
+def _results_state() -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in RESULTS.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_runs_tiny(script: str, tmp_path: Path) -> None:
+    """The script exits 0 and writes its JSON into tmp_path, not into benchmarks/results."""
+    if script not in TINY_ARGS:
+        pytest.fail(f"benchmarks/{script}.py has no entry in TINY_ARGS of {Path(__file__).name}")
+    if script == "host_test_suite":
+        (tmp_path / "host_tests").mkdir()
+        (tmp_path / "host_tests" / "test_fake.py").write_text(FAKE_HOST_TEST, encoding="utf-8")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in TINY_ARGS[script]]
+    before = _results_state()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{script}.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    written = json.loads((tmp_path / f"{script}.json").read_text(encoding="utf-8"))
+    assert isinstance(written, dict) and written
+    if script == "host_test_suite":  # the fake host test ran, with CPMCPruner substituted
+        assert (
+            written["tests"]["test_fake.py::test_prune_one_conv"]["modes"]["pruner"]["outcome"]
+            == "passed"
+        )
+    assert _results_state() == before, "the benchmark wrote into benchmarks/results"
+
+
+def test_every_tiny_entry_names_a_script() -> None:
+    """No stale TINY_ARGS entry for a script that was removed or renamed."""
+    assert sorted(TINY_ARGS) == SCRIPTS
