@@ -12,6 +12,7 @@ __all__ = [
     "assert_state_unchanged",
     "digits_bn_net",
     "digits_split",
+    "masked_copy",
     "param_count",
     "recalibrate_bn",
     "snapshot",
@@ -80,3 +81,14 @@ def recalibrate_bn(net: nn.Module, x: torch.Tensor) -> None:
 def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     net.eval()
     return float((net(x).argmax(1) == y).float().mean())
+
+
+def masked_copy(model: nn.Module, masks: dict) -> nn.Module:
+    """A copy of ``model`` with every NNI mask (``{module: {target: mask}}``) multiplied in."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, targets in masks.items():
+            for target, mask in targets.items():
+                if mask is not None:
+                    getattr(twin.get_submodule(name), target).mul_(mask)
+    return twin

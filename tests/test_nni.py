@@ -12,6 +12,7 @@ import torch_pruning as tp
 from cpmc_plugin import CPMCImportance
 
 from .archs import ARCHS, build
+from .helpers import masked_copy
 
 pytest.importorskip("nni")
 torchvision = pytest.importorskip("torchvision")
@@ -40,16 +41,6 @@ def kept(mask: torch.Tensor) -> torch.Tensor:
 def filters(masks):
     """The masks of conv/linear weights (CPMC's masks also cover the norm layers)."""
     return {n: m for n, m in masks.items() if m["weight"].dim() > 1}
-
-
-def masked_copy(model: nn.Module, masks) -> nn.Module:
-    twin = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, targets in masks.items():
-            for target, mask in targets.items():
-                if mask is not None:
-                    getattr(twin.get_submodule(name), target).mul_(mask)
-    return twin
 
 
 def group_masked_copy(model: nn.Module, masks, x: torch.Tensor) -> nn.Module:
@@ -523,7 +514,7 @@ def test_internal_metric_block_under_a_flops_budget() -> None:
 def test_the_config_nni_writes_for_a_grouped_conv_is_honoured() -> None:
     """``auto_set_denpendency_group_ids`` writes one entry per layer with a
     ``dependency_group_id`` and, around a grouped conv, ``internal_metric_block``."""
-    from .test_nni_speedup_exact import XG, grouped_net, masked
+    from .test_nni_speedup_exact import XG, grouped_net
 
     model = grouped_net(0)
     config = [
@@ -535,7 +526,7 @@ def test_the_config_nni_writes_for_a_grouped_conv_is_honoured() -> None:
     ]
     masks = compress(model, config, x=XG)
     assert blocks_alike(masks["conv1"]["weight"], 4) and blocks_alike(masks["conv2"]["weight"], 4)
-    reference = masked(model, masks)
+    reference = masked_copy(model, masks)
     speedup(model, masks, XG)
     assert (model.conv2.in_channels, model.conv2.out_channels, model.conv2.groups) == (4, 8, 4)
     with torch.no_grad():

@@ -9,7 +9,6 @@ masked too. Masks come from CPMC (which masks the norms) and from NNI's own
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 
@@ -19,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .archs import ARCHS, Arch, build
+from .helpers import masked_copy
 
 pytest.importorskip("nni")
 torchvision = pytest.importorskip("torchvision")
@@ -58,16 +58,6 @@ def make_masks(kind: str, model: nn.Module, x: torch.Tensor, config=CONVS):
     return masks
 
 
-def masked(model: nn.Module, masks) -> nn.Module:
-    twin = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, targets in masks.items():
-            for target, mask in targets.items():
-                if mask is not None:
-                    getattr(twin.get_submodule(name), target).mul_(mask)
-    return twin
-
-
 def kept(mask: torch.Tensor) -> torch.Tensor:
     return mask.flatten(1).any(1)
 
@@ -78,7 +68,7 @@ def params(model: nn.Module) -> int:
 
 def shrink_and_compare(model: nn.Module, masks, x: torch.Tensor) -> list[str]:
     """speedup(model, masks, x); assert it computes the masked model; return its warnings."""
-    reference = masked(model, masks)
+    reference = masked_copy(model, masks)
     before = params(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -138,7 +128,7 @@ def test_cpmc_masks_zero_the_norm_after_each_masked_filter() -> None:
         assert not bool(rows.all()), conv
         assert torch.equal(masks[norm]["weight"], rows) and torch.equal(masks[norm]["bias"], rows)
     # the masked model then outputs exactly 0 in those channels
-    twin = masked(model, masks)
+    twin = masked_copy(model, masks)
     with torch.no_grad():
         out = twin.stem(ARCHS[1].example())
     gone = ~kept(masks["stem.0"]["weight"])
