@@ -444,6 +444,7 @@ class CPMCPruner(tp.pruner.BasePruner):
                 self._latest = _count(self.model, self.example_inputs)
                 now = self._metric_of(self._latest)
                 if abs(now - target) <= self._tolerance():
+                    self._pruned_step = step
                     return
                 tried.append((planning, now))
                 snapshot.restore()
@@ -464,7 +465,6 @@ class CPMCPruner(tp.pruner.BasePruner):
         for _, group in groups_in_order(self.DG, plan.removals, self._check_group):
             group.prune()
             self._latest = None  # counted when next needed
-        self._pruned_step = self.current_step
 
     def _check_group(self, removal: Removal, group: tp.Group) -> None:
         """Refuse a planned group that reaches the model's output or would empty a layer."""
