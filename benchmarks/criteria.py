@@ -73,10 +73,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
 import time
 import warnings
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -104,7 +106,12 @@ from cpmc_plugin import get_preset
 from cpmc_plugin.core.presets import DEFAULT_ALPHA, DEFAULT_BETA, family_of
 from cpmc_plugin.data import dataset_info, load_dataset, make_loaders
 from cpmc_plugin.models import create_model, list_models
-from cpmc_plugin.torch_pruning.criteria import CRITERIA, make_importance, needs_gradients
+from cpmc_plugin.torch_pruning.criteria import (
+    CRITERIA,
+    make_importance,
+    needs_calibration,
+    needs_gradients,
+)
 from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
 from cpmc_plugin.training import Distributed, accuracy, fit, recalibrate_bn
 
@@ -249,6 +256,11 @@ def baseline(
     return model.eval(), {"cache_file": relative(path), "cached": cached, **kept}
 
 
+def cell_seed(model_name: str, criterion: str, rate: float) -> int:
+    """The seed of one cell's prune (``random`` draws from it), the same on every rerun."""
+    return zlib.crc32(f"{model_name}/{criterion}/{rate!r}".encode())
+
+
 def prune(
     model: nn.Module,
     criterion: str,
@@ -256,24 +268,29 @@ def prune(
     example: torch.Tensor,
     family: str | None,
     grad_batch: tuple[torch.Tensor, torch.Tensor],
-) -> str:
-    """Prune ``model`` in place to ``rate`` fewer MACs; return the importance's repr."""
+    calibration: DataLoader[Any],
+) -> tuple[str, dict[str, Any] | None]:
+    """Prune ``model`` in place to ``rate`` fewer MACs; return the importance's repr and,
+    for ``cpmc-auto``, its calibration report (calibrated on ``calibration``)."""
     name = "cpmc" if criterion == "cpmc-default" else criterion
     importance = make_importance(
         name, example, family=None if criterion == "cpmc-default" else family
     )
     model.eval()
-    prune_to_budget(
+    pruner = prune_to_budget(
         model,
         example,
         importance,
         flops_reduction=rate,
         needs_gradients=needs_gradients(name),
         grad_batch=grad_batch,
+        calibration_data=calibration if needs_calibration(name) else None,
     )
     model.zero_grad(set_to_none=True)
+    importance = pruner.importance
+    report = pruner.calibration.as_dict() if pruner.calibration is not None else None
     text = repr(importance)  # torch-pruning's importances have no repr of their own
-    return type(importance).__name__ if " object at 0x" in text else text
+    return (type(importance).__name__ if " object at 0x" in text else text), report
 
 
 # ---------------------------------------------------------------------------- latency
@@ -323,10 +340,70 @@ def measure_latency(
 
 
 # ---------------------------------------------------------------------------- one model
+def _prune_cell(
+    base: nn.Module, criterion: str, rate: float, ctx: dict[str, Any]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune a copy of ``base`` (seeded per cell), re-measure BatchNorm, evaluate."""
+    model = copy.deepcopy(base)
+    torch.manual_seed(cell_seed(ctx["model"], criterion, rate))
+    started = time.perf_counter()
+    with ctx["phases"](ctx["model"], "prune"):
+        imp, calibration = prune(
+            model, criterion, rate, ctx["example"], ctx["family"], ctx["grad_batch"],
+            ctx["data"]["calib"],
+        )  # fmt: skip
+    prune_s = time.perf_counter() - started
+    macs, params = tp.utils.count_ops_and_params(model, ctx["example"])
+    row: dict[str, Any] = {
+        "criterion": criterion,
+        "rate": rate,
+        "importance": imp,
+        "macs": int(macs),
+        "params": int(params),
+        "macs_reduction": 1 - macs / ctx["base_macs"],
+        "params_reduction": 1 - params / ctx["base_params"],
+        "prune_s": round(prune_s, 2),
+    }
+    if calibration is not None:
+        row["calibrate_s"] = calibration["seconds"]
+        row["calibration"] = calibration
+    device = ctx["env"].device
+    with ctx["phases"](ctx["model"], "evaluate"):
+        row["acc_no_ft"] = percent(model, ctx["data"]["test"], device)
+    with ctx["phases"](ctx["model"], "bn_recal"):
+        recalibrate(model, ctx["data"]["calib"], device)
+    with ctx["phases"](ctx["model"], "evaluate"):
+        row["acc_bn_recal"] = percent(model, ctx["data"]["test"], device)
+    return model, row
+
+
+def _finetune(
+    model: nn.Module, criterion: str, seed: int, args: argparse.Namespace, ctx: dict[str, Any]
+) -> float:
+    tuned = copy.deepcopy(model)
+    torch.manual_seed(seed)  # augmentation draws from the global RNG
+    with ctx["phases"](ctx["model"], "finetune"):
+        fit(
+            tuned,
+            shuffled(ctx["data"]["finetune_set"], seed, workers=args.workers),
+            epochs=args.finetune_epochs,
+            lr=args.finetune_lr,
+            env=ctx["env"],
+            desc=f"{criterion} ft",
+        )
+    with ctx["phases"](ctx["model"], "evaluate"):
+        return percent(tuned, ctx["data"]["test"], ctx["env"].device)
+
+
+def _summarize_ft(row: dict[str, Any]) -> None:
+    values = list(row["acc_ft"].values())
+    row["acc_ft_mean"] = statistics.fmean(values) if values else None
+    row["acc_ft_std"] = statistics.stdev(values) if len(values) > 1 else None
+
+
 def run_model(
     model_name: str,
-    rates: list[float],
-    seeds: list[int],
+    plan: dict[str, Any],
     data: dict[str, Any],
     args: argparse.Namespace,
     env: Distributed,
@@ -334,26 +411,37 @@ def run_model(
     result: dict[str, Any],
     save: Callable[[], None],
 ) -> None:
-    """Fill ``result`` (saved after every row) with one model's baseline, rows and latency."""
+    """Fill ``result`` (saved after every cell) with one model's baseline, rows and latency.
+
+    Two passes: first every (rate, criterion) cell is pruned, BatchNorm re-measured and
+    evaluated; then the fine-tunes run (``plan["finetune_rates"]`` x ``plan["seeds"]``).
+    Rows and fine-tune seeds already in ``result`` (``--resume``) are kept, not rerun.
+    """
+    rates, seeds, ft_rates = plan["rates"], plan["seeds"], plan["finetune_rates"]
     family = family_of(model_name)
     with phases(model_name, "baseline_train"):
         base, trained = baseline(model_name, data, args, env)
     example = data["example"]
     base_macs, base_params = tp.utils.count_ops_and_params(base, example)
-    with phases(model_name, "evaluate"):
-        base_acc = percent(base, data["test"], env.device)
+    if "baseline" in result and result["baseline"].get("acc") is not None:
+        base_acc = result["baseline"]["acc"]
+    else:
+        with phases(model_name, "evaluate"):
+            base_acc = percent(base, data["test"], env.device)
     log(
         f"[{model_name}] baseline {base_acc:.2f} %, {base_macs / 1e6:.2f} M MACs, "
         f"{base_params / 1e6:.3f} M params; family {family}"
     )
     torch.manual_seed(args.base_seed)
     grad_batch = next(iter(shuffled(data["train_set"], args.base_seed)))
+    kept_rows = [r for r in result.get("rows", []) if "error" not in r]
     result.update(
         {
             "model": model_name,
             "family": family,
             "preset": vars(get_preset(family)) if family else None,
             "rates": rates,
+            "finetune_rates": [] if args.no_finetune else ft_rates,
             "finetune_seeds": [] if args.no_finetune else seeds,
             "baseline": {
                 **trained,
@@ -361,93 +449,101 @@ def run_model(
                 "macs": int(base_macs),
                 "params": int(base_params),
             },
-            "rows": [],
-            "latency": [],
+            "rows": kept_rows,
+            "latency": result.get("latency", []),
         }
     )
     save()
-    for rate in rates:
-        kept: dict[str, nn.Module] = {}
-        macs_of: dict[str, float] = {}
+    ctx = {
+        "model": model_name,
+        "family": family,
+        "example": example,
+        "grad_batch": grad_batch,
+        "data": data,
+        "env": env,
+        "phases": phases,
+        "base_macs": base_macs,
+        "base_params": base_params,
+    }
+    rows = {(r["criterion"], r["rate"]): r for r in result["rows"]}
+    pruned: dict[tuple[str, float], nn.Module] = {}
+    for rate in rates:  # pass 1: every cell without fine-tuning
         for criterion in args.criteria:
+            if (criterion, rate) in rows:
+                continue
             label = f"[{model_name}] {criterion} @ {rate:.0%}"
-            started = time.perf_counter()
-            model = copy.deepcopy(base)
             try:
-                with phases(model_name, "prune"):
-                    imp = prune(model, criterion, rate, example, family, grad_batch)
+                model, row = _prune_cell(base, criterion, rate, ctx)
             except Exception as error:  # one criterion's failure is a result, go on
                 log(f"{label}: prune failed: {type(error).__name__}: {error}")
-                row = {
-                    "criterion": criterion,
-                    "rate": rate,
-                    "error": f"{type(error).__name__}: {error}",
-                }
-                result["rows"].append(row)
+                result["rows"].append(
+                    {
+                        "criterion": criterion,
+                        "rate": rate,
+                        "error": f"{type(error).__name__}: {error}",
+                    }
+                )
                 save()
                 continue
-            prune_s = time.perf_counter() - started
-            macs, params = tp.utils.count_ops_and_params(model, example)
-            row = {
-                "criterion": criterion,
-                "rate": rate,
-                "importance": imp,
-                "macs": int(macs),
-                "params": int(params),
-                "macs_reduction": 1 - macs / base_macs,
-                "params_reduction": 1 - params / base_params,
-                "prune_s": round(prune_s, 2),
-            }
-            with phases(model_name, "evaluate"):
-                row["acc_no_ft"] = percent(model, data["test"], env.device)
-            with phases(model_name, "bn_recal"):
-                recalibrate(model, data["calib"], env.device)
-            with phases(model_name, "evaluate"):
-                row["acc_bn_recal"] = percent(model, data["test"], env.device)
+            row["acc_ft"] = {}
+            _summarize_ft(row)
+            rows[(criterion, rate)] = row
+            result["rows"].append(row)
+            pruned[(criterion, rate)] = model
+            save()
             log(
                 f"{label}: MACs -{100 * row['macs_reduction']:.1f} %, params "
                 f"-{100 * row['params_reduction']:.1f} %, no-FT {row['acc_no_ft']:.2f}, "
-                f"BN-recal {row['acc_bn_recal']:.2f} ({prune_s:.1f} s prune)"
+                f"BN-recal {row['acc_bn_recal']:.2f} ({row['prune_s']:.1f} s prune)"
             )
-            row["acc_ft"] = {}
-            for seed in [] if args.no_finetune else seeds:
-                tuned = copy.deepcopy(model)
-                torch.manual_seed(seed)  # augmentation draws from the global RNG
-                ft_started = time.perf_counter()
-                with phases(model_name, "finetune"):
-                    fit(
-                        tuned,
-                        shuffled(data["finetune_set"], seed, workers=args.workers),
-                        epochs=args.finetune_epochs,
-                        lr=args.finetune_lr,
-                        env=env,
-                        desc=f"{criterion} ft",
-                    )
-                ft_s = time.perf_counter() - ft_started
-                with phases(model_name, "evaluate"):
-                    row["acc_ft"][str(seed)] = percent(tuned, data["test"], env.device)
+    for rate in [] if args.no_finetune else [r for r in rates if r in ft_rates]:  # pass 2
+        for criterion in args.criteria:
+            row = rows.get((criterion, rate))
+            missing = [s for s in seeds if row is not None and str(s) not in row["acc_ft"]]
+            if not missing:
+                continue
+            assert row is not None
+            model = pruned.pop((criterion, rate), None)
+            if model is None:  # resumed: prune the cell again (deterministic, seeded)
+                model, _ = _prune_cell(base, criterion, rate, ctx)
+            for seed in missing:
+                started = time.perf_counter()
+                row["acc_ft"][str(seed)] = _finetune(model, criterion, seed, args, ctx)
+                _summarize_ft(row)
+                save()
                 log(
-                    f"{label}: fine-tune seed {seed}: {row['acc_ft'][str(seed)]:.2f} ({ft_s:.1f} s)"
+                    f"[{model_name}] {criterion} @ {rate:.0%}: fine-tune seed {seed}: "
+                    f"{row['acc_ft'][str(seed)]:.2f} ({time.perf_counter() - started:.1f} s)"
                 )
-            values = list(row["acc_ft"].values())
-            row["acc_ft_mean"] = statistics.fmean(values) if values else None
-            row["acc_ft_std"] = statistics.stdev(values) if len(values) > 1 else None
-            row["wall_s"] = round(time.perf_counter() - started, 1)
-            result["rows"].append(row)
-            save()
-            if args.latency_all or criterion == latency_criterion(args.criteria):
-                kept[criterion], macs_of[criterion] = model.eval(), float(macs)
-        if kept:
+    if args.latency_reps and not result["latency"]:
+        for rate in rates:
+            chosen = [
+                c
+                for c in args.criteria
+                if args.latency_all or c == latency_criterion(args.criteria)
+            ]
+            kept: dict[str, nn.Module] = {}
+            macs_of: dict[str, float] = {}
+            for criterion in chosen:
+                row = rows.get((criterion, rate))
+                if row is None or "error" in row:
+                    continue
+                model = pruned.pop((criterion, rate), None)
+                if model is None:
+                    model, _ = _prune_cell(base, criterion, rate, ctx)
+                kept[criterion], macs_of[criterion] = model.eval(), float(row["macs"])
+            if not kept:
+                continue
             with phases(model_name, "latency"):
-                rows = measure_latency(base, kept, example, args.latency_reps, base_macs, macs_of)
-            for r in rows:
+                lat = measure_latency(base, kept, example, args.latency_reps, base_macs, macs_of)
+            for r in lat:
                 r["rate"] = rate
                 log(
                     f"[{model_name}] latency {r['label']} @ {rate:.0%}, batch {r['batch']}: "
                     f"{r['base_ms']:.2f} -> {r['pruned_ms']:.2f} ms, x{r['speedup']:.2f} "
                     f"(MACs x{r['macs_speedup']:.2f})"
                 )
-            result["latency"] += rows
+            result["latency"] += lat
             save()
 
 
@@ -620,9 +716,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--models", nargs="+", type=known_model, default=["resnet20", "tiny-vgg", "tiny-densenet"]
     )
-    p.add_argument("--grid-model", type=known_model, default="resnet20")
+    p.add_argument(
+        "--grid-models", "--grid-model", nargs="+", type=known_model, default=["resnet20"],
+        help="models fine-tuned at every rate with every seed",
+    )  # fmt: skip
     p.add_argument("--grid-rates", nargs="+", type=rate, default=[0.3, 0.5, 0.7])
     p.add_argument("--other-rates", nargs="+", type=rate, default=[0.5])
+    p.add_argument(
+        "--other-finetune-rates", nargs="+", type=rate, default=None,
+        help="the rates the other models are fine-tuned at (default: all --other-rates)",
+    )  # fmt: skip
+    p.add_argument(
+        "--resume", action="store_true",
+        help="keep the cells and fine-tune seeds already in --out and run only the rest",
+    )  # fmt: skip
     p.add_argument("--criteria", nargs="+", choices=ALL_CRITERIA, default=list(ALL_CRITERIA))
     p.add_argument("--epochs", type=int, default=3, help="baseline training epochs")
     p.add_argument("--lr", type=float, default=0.1, help="baseline learning rate (cosine)")
@@ -639,7 +746,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-finetune", action="store_true", help="no-FT and BN-recal only")
     p.add_argument("--base-seed", type=int, default=0, help="baseline training seed")
     p.add_argument("--data-seed", type=int, default=0, help="subset selection and shuffling")
-    p.add_argument("--latency-reps", type=int, default=20, help="batch 64 (batch 1: 5x)")
+    p.add_argument("--latency-reps", type=int, default=20, help="batch 64 (batch 1: 5x); 0: none")
     p.add_argument("--latency-all", action="store_true", help="time every criterion's model")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training")
@@ -649,13 +756,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--markdown", type=Path, default=None, help="write the tables here too")
     args = p.parse_args(argv)
-    for name in ("epochs", "finetune_epochs", "calib_batches", "latency_reps", "threads"):
+    if args.latency_reps < 0:
+        p.error("--latency-reps must be >= 0")
+    for name in ("epochs", "finetune_epochs", "calib_batches", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no GPU visible to torch")
     args.criteria = list(dict.fromkeys(args.criteria))
     return args
+
+
+#: options that change what a cell measures: a resumed run must match them
+_CELL_OPTIONS = (
+    "dataset", "epochs", "lr", "train_subset", "test_subset", "finetune_epochs",
+    "finetune_lr", "finetune_subset", "calib_batches", "base_seed", "data_seed",
+)  # fmt: skip
+
+
+def resumed(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The per-model results of ``--out`` to continue (``--resume``), else none.
+
+    Raises:
+        SystemExit: the file was written with other cell options (a mixed table).
+    """
+    if not args.resume or not args.out.exists():
+        return {}
+    saved = json.loads(args.out.read_text())
+    options = saved.get("options", {})
+    changed = [k for k in _CELL_OPTIONS if options.get(k) != getattr(args, k)]
+    if changed:
+        raise SystemExit(
+            f"--resume: {args.out} was written with other {', '.join(changed)}; "
+            "rerun with the same options or another --out"
+        )
+    out = {}
+    for result in saved.get("results", []):
+        result["wall_s_before"] = result.get("wall_s", 0.0)
+        out[result["model"]] = result
+    log(f"--resume: {sum(len(r.get('rows', [])) for r in out.values())} cells from {args.out}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -670,6 +810,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = load_data(args)
     log(f"data: {data['name']}, {data['sizes']}; training on {env.device}")
     results: list[dict[str, Any]] = []
+    previous = resumed(args)
     out: dict[str, Any] = {
         "provenance": provenance(str(env.device)),
         "options": {
@@ -689,14 +830,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_json(args.out, out)
 
     for model_name in args.models:
-        grid = model_name == args.grid_model
+        grid = model_name in args.grid_models
         rates = args.grid_rates if grid else args.other_rates
-        seeds = args.seeds if grid else (args.other_seeds or args.seeds[:1])
+        plan = {
+            "rates": rates,
+            "seeds": args.seeds if grid else (args.other_seeds or args.seeds[:1]),
+            "finetune_rates": rates if grid else (args.other_finetune_rates or rates),
+        }
         model_started = time.perf_counter()
-        result: dict[str, Any] = {"model": model_name}
+        result = previous.get(model_name, {"model": model_name})
         results.append(result)
-        run_model(model_name, rates, seeds, data, args, env, phases, result, save)
-        result["wall_s"] = round(time.perf_counter() - model_started, 1)
+        run_model(model_name, plan, data, args, env, phases, result, save)
+        result["wall_s"] = round(
+            result.get("wall_s_before", 0.0) + time.perf_counter() - model_started, 1
+        )
         save()
         log(f"[{model_name}] done in {result['wall_s']:.0f} s")
 

@@ -33,7 +33,7 @@ def assert_untouched(model: nn.Module, before: dict[str, torch.Tensor], training
         (
             {"normalizer": "zscore"},
             ValueError,
-            r"normalizer must be one of 'max-min', 'l2', 'max', None, got 'zscore'",
+            r"normalizer must be one of 'max-min', 'l2', 'max', 'mean', None, got 'zscore'",
         ),
         ({"normalizer": 2}, TypeError, r"normalizer must be one of 'max-min'.*, got 2"),
         ({"alpha": -0.1}, ValueError, r"alpha must be a finite number >= 0, got -0.1"),

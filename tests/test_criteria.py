@@ -8,13 +8,19 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from cpmc_plugin import CPMCImportance, CPMCPruner, OICSRImportance
-from cpmc_plugin.torch_pruning.criteria import CRITERIA, make_importance, needs_gradients
+from cpmc_plugin.torch_pruning.criteria import (
+    CRITERIA,
+    make_importance,
+    needs_calibration,
+    needs_gradients,
+)
 
 from .archs import ARCHS, build, classifier_of
 
 
 def test_names_map_to_the_host_and_cpmc_importances() -> None:
-    assert CRITERIA[:3] == ("cpmc", "cpmc-a", "oicsr")
+    assert CRITERIA[:4] == ("cpmc", "cpmc-a", "cpmc-auto", "oicsr")
+    assert type(make_importance("cpmc-auto")) is CPMCImportance  # the calibration's base
     assert isinstance(make_importance("CPMC"), CPMCImportance)
     assert make_importance("cpmc-a").weight_dependency is False
     assert isinstance(make_importance("oicsr"), OICSRImportance)
@@ -38,9 +44,11 @@ def test_every_criterion_meets_the_budget(name: str) -> None:
         importance=make_importance(name, x[:1]),
         flops_reduction=0.5,
         ignored_layers=[classifier_of(net)],
+        calibration_data=[(x, torch.tensor([0, 1]))] * 4 if needs_calibration(name) else None,
     )
     pruner.step()
     assert abs(pruner.report().macs_reduction - 0.5) < 0.02
+    assert (pruner.calibration is not None) == needs_calibration(name)
 
 
 def test_bad_names_and_options_are_refused() -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they lo
     from .sparse.oicsr import OICSRImportance, OICSRRegularizer
     from .sparse.protocol import SparseRegularizer
     from .sparse.ssr import SSRImportance, SSRRegularizer
+    from .torch_pruning.calibration import CalibrationReport, calibrate_importance
     from .torch_pruning.history import load_pruned, save_pruned
     from .torch_pruning.importance import CPMCImportance
     from .torch_pruning.pruner import CPMCPruner
@@ -39,6 +40,8 @@ if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they lo
 _EXPORTS: dict[str, str] = {
     "CPMCPruner": ".torch_pruning.pruner",
     "CPMCImportance": ".torch_pruning.importance",
+    "calibrate_importance": ".torch_pruning.calibration",
+    "CalibrationReport": ".torch_pruning.calibration",
     "load_pruned": ".torch_pruning.history",
     "save_pruned": ".torch_pruning.history",
     "NORMALIZERS": ".core.cpmc",
@@ -80,6 +83,7 @@ __all__ = [
     "CPMCImportance",
     "CPMCPreset",
     "CPMCPruner",
+    "CalibrationReport",
     "LayerChannels",
     "OICSRImportance",
     "OICSRRegularizer",
@@ -90,6 +94,7 @@ __all__ = [
     "UnreachableBudgetError",
     "__version__",
     "attach_auxiliary_classifiers",
+    "calibrate_importance",
     "combined_loss",
     "combine_criteria",
     "get_preset",

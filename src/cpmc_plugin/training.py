@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .core.batchnorm import recalibrate_bn
 from .sparse.auxiliary import combined_loss
 from .sparse.protocol import SparseRegularizer
 
@@ -134,29 +135,3 @@ def accuracy(model: nn.Module, loader: DataLoader[Any], device: torch.device) ->
         total += len(labels)
     model.to("cpu")
     return correct / max(total, 1)
-
-
-@torch.no_grad()
-def recalibrate_bn(
-    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], batches: int = 20
-) -> None:
-    """Measure BatchNorm statistics again on a few training batches (no weights change).
-
-    ``loader``: a DataLoader or any iterable of ``(images, labels)`` batches; the first
-    ``batches`` of them are used, and the running statistics become their plain average.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a plain average over the batches
-    model.train()
-    for i, (images, _) in enumerate(loader):
-        if i >= batches:
-            break
-        model(images)
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.eval()

@@ -24,7 +24,7 @@ import torch.nn as nn
 from ..core.presets import family_of
 from ..data import dataset_info, make_loaders
 from ..models import create_model
-from ..torch_pruning.criteria import needs_gradients
+from ..torch_pruning.criteria import needs_calibration, needs_gradients
 from ..torch_pruning.pruner import CPMCPruner
 from ..training import accuracy, distributed, fit
 from . import report as reporting
@@ -121,8 +121,17 @@ def cmd_prune(args: argparse.Namespace) -> None:
     train, test = loaders(ckpt, args, distributed())
     batch = next(iter(train)) if needs_gradients(args.criterion) else None
     pruner = settings.prune(
-        model, ckpt.example_inputs, steps=args.steps, grad_batch=batch, **budget
+        model,
+        ckpt.example_inputs,
+        flops_reduction=budget.get("flops_reduction"),
+        params_reduction=budget.get("params_reduction"),
+        steps=args.steps,
+        grad_batch=batch,
+        calibration_data=train if settings.is_calibrated else None,
     )
+    calibration = pruner.calibration
+    if calibration is not None:
+        print(calibration.table())
     report = pruner.report()
     acc = accuracy(model, test, torch.device("cpu"))
     result = Checkpoint.of(
@@ -138,6 +147,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
                 "settings": settings.to_dict(),
                 "budget": budget,
                 "steps": args.steps,
+                **({"calibration": calibration.as_dict()} if calibration is not None else {}),
             }
         },
     )
@@ -162,20 +172,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def _curve_settings(args: argparse.Namespace, final: Checkpoint) -> list[CriterionSettings]:
     """The settings of every curve: those the checkpoint was pruned with, for its criterion.
 
-    ``--preset``/``--alpha``/``--beta`` given to ``report`` set every cpmc curve; else a
-    cpmc curve of the criterion the checkpoint was pruned with uses the prune step's
-    settings, and any other cpmc curve CPMC's defaults.
+    ``--preset``/``--alpha``/``--beta`` given to ``report`` set every cpmc curve with
+    fixed weights (``cpmc-auto`` chooses its own at each rate); else a cpmc curve of the
+    criterion the checkpoint was pruned with uses the prune step's settings, and any
+    other cpmc curve CPMC's defaults.
     """
     criteria = list(dict.fromkeys(args.criteria))
     explicit = {"preset": args.preset, "alpha": args.alpha, "beta": args.beta}
     given = [f"--{k}" for k, v in explicit.items() if v is not None]
-    if given and not any(c.startswith("cpmc") for c in criteria):
-        raise ValueError(f"{', '.join(given)} set the cpmc curves, but --criteria has none")
+    fixed = [c for c in criteria if c.startswith("cpmc") and not needs_calibration(c)]
+    if given and not fixed:
+        raise ValueError(
+            f"{', '.join(given)} set the cpmc curves with fixed weights, but --criteria has none"
+        )
     pruned = final.metrics.get("pruned")
     recorded = pruned.get("settings") if isinstance(pruned, dict) else None
     result = []
     for criterion in criteria:
-        if not criterion.startswith("cpmc"):
+        if criterion not in fixed:
             result.append(CriterionSettings.resolve(criterion))
         elif given:
             result.append(CriterionSettings.resolve(criterion, **explicit))
@@ -233,8 +247,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     family = family_of(args.model)
     preset = ["--preset", family] if family else []
     train = ["--model", args.model, "--dataset", args.dataset, "--epochs", str(args.epochs)]
-    prune = ["--criterion", "cpmc", "--flops-reduction", "0.5", *preset]
-    curve = ["--criteria", "cpmc", "l1", "random", "--rates", "0.3", "0.5", "0.7"]
+    prune = ["--criterion", "cpmc-auto", "--flops-reduction", "0.5"]
+    curve = ["--criteria", "cpmc-auto", "cpmc", "l1", "random", *preset,
+             "--rates", "0.3", "0.5", "0.7"]  # fmt: skip
     steps = [
         ["train", *train, "--lr", "0.1", "--out", base],
         ["prune", "--checkpoint", base, *prune, "--out", pruned],

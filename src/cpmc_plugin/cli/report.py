@@ -147,8 +147,9 @@ def curve_figure(
     ax.set_ylabel("test accuracy (%)")
     fig.suptitle(f"Accuracy vs FLOPs prune rate: {model} on {dataset}", fontsize=10)
     ax.set_title(
-        "accuracy right after pruning, before any fine-tuning;\n"
-        f"BatchNorm running statistics re-estimated on {_batches(bn_batches)}",
+        "every criterion pruned to the same exact MACs budget by CPMCPruner; accuracy right "
+        "after pruning,\nbefore any fine-tuning, BatchNorm running statistics re-estimated "
+        f"on {_batches(bn_batches)}",
         fontsize=8,
     )
     ax.legend(fontsize=7, loc="lower left")
@@ -218,6 +219,7 @@ def write_report(
             baseline.example_inputs,
             flops_reduction=rate,
             grad_batch=calibration[0] if needs_gradients(settings.criterion) else None,
+            calibration_data=calibration if settings.is_calibrated else None,
         )
         raw = accuracy(model, test, CPU)
         recalibrate_bn(model, calibration, batches=bn_batches)  # statistics only

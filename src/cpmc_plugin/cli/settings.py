@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch.nn as nn
 
 from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
 from ..core.validate import integer
-from ..torch_pruning.criteria import make_importance, needs_gradients
+from ..torch_pruning.criteria import make_importance, needs_calibration, needs_gradients
 from ..torch_pruning.host import Importance
 from ..torch_pruning.importance import CPMCImportance
 from ..torch_pruning.oneshot import prune_to_budget
@@ -88,6 +89,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: how many training samples ``cpmc-auto`` calibrates on in the CLI (half of them
+#: re-measure BatchNorm statistics, half are held out): 8 batches of 128
+CALIBRATION_SAMPLES = 1024
+
+
+def _batches_for(data: Any, samples: int) -> int:
+    """Batches of ``data`` (a DataLoader, or a list of batches) that hold ``samples``."""
+    size = getattr(data, "batch_size", None)
+    if size is None and isinstance(data, (list, tuple)) and data:
+        size = len(data[0][1])
+    return max(2, -(-samples // size)) if size else 8
+
+
 def _number(value: float) -> str:
     return f"{value:g}"
 
@@ -97,8 +111,9 @@ class CriterionSettings:
     """A criterion with the exact options it ranks channels with.
 
     ``alpha``/``beta`` are the effective CPMC weights (``None`` for the other
-    criteria); ``preset`` names the family preset they came from, and ``given`` the
-    ones set explicitly, which override the preset's.
+    criteria, and for ``cpmc-auto``, which chooses them from data at each budget);
+    ``preset`` names the family preset they came from, and ``given`` the ones set
+    explicitly, which override the preset's.
     """
 
     criterion: str
@@ -110,6 +125,11 @@ class CriterionSettings:
     @property
     def is_cpmc(self) -> bool:
         return self.criterion.startswith("cpmc")
+
+    @property
+    def is_calibrated(self) -> bool:
+        """Whether its options are chosen from data before each prune (``cpmc-auto``)."""
+        return needs_calibration(self.criterion)
 
     @classmethod
     def resolve(
@@ -127,6 +147,15 @@ class CriterionSettings:
                 or an unknown criterion or preset.
         """
         options = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
+        if needs_calibration(criterion):
+            given = [f"--{k}" for k in options] + (["--preset"] if preset else [])
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not for "
+                    f"{criterion!r}: it chooses alpha and beta from data at each budget "
+                    "(use --criterion cpmc for fixed weights)"
+                )
+            return cls(criterion)
         if not criterion.startswith("cpmc"):
             given = [f"--{k}" for k in options] + (["--preset"] if preset else [])
             if given:
@@ -147,8 +176,9 @@ class CriterionSettings:
         )
 
     def importance(self, example_inputs: Any) -> Importance:
-        """The torch-pruning importance these settings describe."""
-        if not self.is_cpmc:
+        """The torch-pruning importance these settings describe (``cpmc-auto``: the base
+        that calibration starts from)."""
+        if not self.is_cpmc or self.is_calibrated:
             return make_importance(self.criterion, example_inputs)
         return make_importance(
             self.criterion, example_inputs, family=self.preset, alpha=self.alpha, beta=self.beta
@@ -163,19 +193,29 @@ class CriterionSettings:
         params_reduction: float | None = None,
         steps: int = 1,
         grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+        calibration_data: Iterable[Any] | None = None,
+        calibration_samples: int = CALIBRATION_SAMPLES,
     ) -> CPMCPruner:
         """Prune ``model`` in place to the budget, ranked as these settings say.
 
         The model's ``classifier`` is kept whole. A gradient criterion needs
-        ``grad_batch = (images, labels)``.
+        ``grad_batch = (images, labels)``; ``cpmc-auto`` needs ``calibration_data``
+        (training batches, of which it uses enough for ``calibration_samples``
+        samples), and the pruner's ``calibration`` says what it chose.
 
         Raises:
-            ValueError: a gradient criterion without ``grad_batch``, or a budget the
-                pruner refuses (the model is then unchanged).
+            ValueError: a gradient criterion without ``grad_batch``, ``cpmc-auto``
+                without ``calibration_data``, or a budget the pruner refuses (the
+                model is then unchanged).
         """
         gradients = needs_gradients(self.criterion)
         if gradients and grad_batch is None:
             raise ValueError(f"criterion {self.criterion!r} needs a batch to compute gradients")
+        if self.is_calibrated and calibration_data is None:
+            raise ValueError(
+                f"criterion {self.criterion!r} needs calibration_data (training batches) to "
+                "choose its options from"
+            )
         return prune_to_budget(
             model,
             example_inputs,
@@ -185,6 +225,8 @@ class CriterionSettings:
             steps=steps,
             needs_gradients=gradients,
             grad_batch=grad_batch,
+            calibration_data=calibration_data if self.is_calibrated else None,
+            calibration_batches=_batches_for(calibration_data, calibration_samples),
         )
 
     @property
@@ -192,6 +234,8 @@ class CriterionSettings:
         """The name a plot or table gives it: ``'cpmc (resnet preset: alpha=0, beta=0)'``."""
         if not self.is_cpmc:
             return self.criterion
+        if self.is_calibrated:
+            return f"{self.criterion} (calibrated at each budget)"
         assert self.alpha is not None and self.beta is not None
         if self.given and self.preset:
             origin = f"{self.preset} preset, {' and '.join(self.given)} set"
@@ -208,6 +252,11 @@ class CriterionSettings:
         """One line saying where each weight came from (for a command's header)."""
         if not self.is_cpmc:
             return f"criterion {self.criterion}"
+        if self.is_calibrated:
+            return (
+                f"criterion {self.criterion}: alpha, beta, normalizer and combine chosen "
+                "from training batches at the budget (calibrate_importance)"
+            )
         parts = []
         for name in ("alpha", "beta"):
             value = getattr(self, name)

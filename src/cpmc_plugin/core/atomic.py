@@ -72,23 +72,31 @@ class ModelSnapshot:
         clone: also copy tensor values, for paths that change tensors in place
             (bias folding). Without it, an in-place change makes :meth:`restore`
             raise ``RuntimeError`` instead of restoring silently wrong values.
+        clone_buffers: copy the values of buffers only (BatchNorm statistics that a
+            re-estimation changes in place), not of parameters.
     """
 
-    def __init__(self, model: nn.Module, *, clone: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, *, clone: bool = False, clone_buffers: bool = False
+    ) -> None:
         self.model = model
         self.modules: list[tuple[nn.Module, dict[str, Any]]] = []
         self.tensors: dict[int, _TensorState] = {}
         for module in model.modules():
             state = {key: _copy_value(value) for key, value in module.__dict__.items()}
             self.modules.append((module, state))
-            for tensor in [*module._parameters.values(), *module._buffers.values()]:
+            tensors: list[tuple[torch.Tensor | None, bool]] = [
+                (t, clone) for t in module._parameters.values()
+            ]
+            tensors += [(t, clone or clone_buffers) for t in module._buffers.values()]
+            for tensor, copy in tensors:
                 if tensor is None or id(tensor) in self.tensors:
                     continue
                 self.tensors[id(tensor)] = _TensorState(
                     tensor=tensor,
                     data=tensor.data,
                     version=tensor._version,
-                    clone=tensor.detach().clone() if clone else None,
+                    clone=tensor.detach().clone() if copy else None,
                 )
 
     def restore(self) -> None:

@@ -12,9 +12,7 @@ import torch.nn as nn
 from nni.compression.base.compressor import Pruner
 
 from ..core.budget import remove_lowest
-from ..core.cpmc import validate_criterion_options
 from ..core.layers import ROOT_TYPES
-from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA
 from ..core.validate import fraction
 from ..torch_pruning.graph import build_graph, repair_concat_mappings
 from ..torch_pruning.host import Group
@@ -46,6 +44,8 @@ class CPMCPruner(Pruner):
     torch-pruning path) over the groups of torch-pruning's dependency graph, so
     channels a residual add or concatenation ties together get identical masks and
     the model can be physically shrunk with :func:`cpmc_plugin.nni.speedup`.
+    ``alpha``, ``beta``, ``p``, ``normalizer``, ``weight_dependency`` and ``combine``
+    are :class:`~cpmc_plugin.CPMCImportance`'s options, with its defaults.
 
     ``config_list`` takes NNI's keys: ``op_types``/``op_names``/``op_names_re`` with
     ``exclude_op_names``/``exclude_op_types``, ``sparse_ratio`` (share of each layer's
@@ -88,16 +88,26 @@ class CPMCPruner(Pruner):
         config_list: list[dict[str, Any]],
         *,
         example_inputs: Any,
-        alpha: float = DEFAULT_ALPHA,
-        beta: float = DEFAULT_BETA,
+        alpha: float | None = None,
+        beta: float | None = None,
         p: float = 1,
         normalizer: str | None = "max-min",
         weight_dependency: bool = True,
+        combine: str = "additive",
         flops_reduction: float | None = None,
         evaluator: Any = None,
         existed_wrappers: Any = None,
     ) -> None:
-        validate_criterion_options(alpha=alpha, beta=beta, p=p, normalizer=normalizer)
+        # the criterion's options, checked (and their defaults resolved) by CPMC's importance
+        self.importance = CPMCImportance(
+            example_inputs,
+            alpha=alpha,
+            beta=beta,
+            p=p,
+            normalizer=normalizer,
+            weight_dependency=weight_dependency,
+            combine=combine,
+        )
         self.flops_reduction = (
             None if flops_reduction is None else fraction("flops_reduction", flops_reduction)
         )
@@ -113,14 +123,6 @@ class CPMCPruner(Pruner):
         if example_inputs is None:
             raise ValueError("example_inputs is required: CPMC traces the model with it")
         self.example_inputs = example_inputs
-        self.importance = CPMCImportance(
-            example_inputs,
-            alpha=alpha,
-            beta=beta,
-            p=p,
-            normalizer=normalizer,
-            weight_dependency=weight_dependency,
-        )
         check_selection(model, config_list)
         graph = build_graph(model, example_inputs)
         repair_concat_mappings(graph)

@@ -10,6 +10,8 @@ Example:
     (0.1, 0.25)
     >>> needs_gradients("taylor"), needs_gradients("l1")
     (True, False)
+    >>> needs_calibration("cpmc-auto"), needs_calibration("cpmc")
+    (True, False)
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import torch_pruning as tp
 from ..core.registry import Registry
 from .importance import CPMCImportance
 
-__all__ = ["CRITERIA", "CRITERIA_REGISTRY", "Criterion", "make_importance", "needs_gradients"]
+__all__ = [
+    "CRITERIA",
+    "CRITERIA_REGISTRY",
+    "Criterion",
+    "make_importance",
+    "needs_calibration",
+    "needs_gradients",
+]
 
 
 @dataclass(frozen=True)
@@ -34,11 +43,15 @@ class Criterion:
         build: ``build(example_inputs, family, **options)`` -> the importance.
         takes_options: whether it takes CPMC's ``family`` / ``alpha`` / ``beta`` / ... options.
         needs_gradients: whether it reads ``.grad`` (run a backward pass before pruning).
+        needs_calibration: whether it is calibrated on data before pruning (pass
+            ``calibration_data`` to :class:`~cpmc_plugin.CPMCPruner`); ``build`` gives
+            the base importance the calibration starts from.
     """
 
     build: Callable[..., tp.importance.Importance]
     takes_options: bool = False
     needs_gradients: bool = False
+    needs_calibration: bool = False
 
 
 def _cpmc(example_inputs: Any, family: str | None, **options: Any) -> tp.importance.Importance:
@@ -70,6 +83,11 @@ for _name, _criterion in (
             takes_options=True,
         ),
     ),
+    # alpha, beta, normalizer and combine chosen from data at the budget (calibrate_importance)
+    (
+        "cpmc-auto",
+        Criterion(lambda x, family: CPMCImportance(x), needs_calibration=True),
+    ),
     ("oicsr", Criterion(_oicsr)),
     ("ssr", Criterion(_ssr)),
     ("l1", Criterion(lambda x, family: tp.importance.GroupMagnitudeImportance(p=1))),
@@ -100,6 +118,16 @@ def needs_gradients(name: str) -> bool:
         ValueError: unknown criterion; the message lists the known ones.
     """
     return CRITERIA_REGISTRY.get(name).needs_gradients
+
+
+def needs_calibration(name: str) -> bool:
+    """Whether the criterion is calibrated on data before pruning (``"cpmc-auto"``).
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: unknown criterion; the message lists the known ones.
+    """
+    return CRITERIA_REGISTRY.get(name).needs_calibration
 
 
 def make_importance(

@@ -11,9 +11,16 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..core.atomic import ModelSnapshot
 from ..core.probe import forward_once
 
-__all__ = ["build_graph", "describe_host_failure", "repair_concat_mappings"]
+__all__ = [
+    "GraphSnapshot",
+    "PruneSnapshot",
+    "build_graph",
+    "describe_host_failure",
+    "repair_concat_mappings",
+]
 
 
 def describe_host_failure(error: BaseException) -> str:
@@ -136,3 +143,44 @@ def repair_concat_mappings(graph: tp.DependencyGraph) -> int:
         op._cpmc_live_mapping = True
         repaired += 1
     return repaired
+
+
+class GraphSnapshot:
+    """What pruning a group changes in the graph itself, to put back with the model.
+
+    ``group.prune()`` appends to the graph's pruning history and, for an unwrapped
+    ``nn.Parameter``, re-keys the graph's parameter maps to the new parameter object.
+    Restoring a :class:`~cpmc_plugin.core.atomic.ModelSnapshot` puts the old objects
+    back in the model; :meth:`restore` puts the graph's maps and history back too, so a
+    restored prune leaves no trace (a calibration candidate, a corrected plan).
+    """
+
+    def __init__(self, graph: tp.DependencyGraph) -> None:
+        self.graph = graph
+        self.history = list(graph._pruning_history)
+        self.param_to_name = dict(graph._param_to_name)
+        self.module2node = dict(graph.module2node)
+        self.node_modules = [(node, node.module) for node in graph.module2node.values()]
+
+    def restore(self) -> None:
+        """Put the history, the parameter names and the node map back as they were."""
+        graph = self.graph
+        graph._pruning_history = list(self.history)
+        graph._param_to_name = dict(self.param_to_name)
+        graph.module2node = dict(self.module2node)
+        for node, module in self.node_modules:
+            node.module = module
+
+
+class PruneSnapshot:
+    """A :class:`~cpmc_plugin.core.atomic.ModelSnapshot` of the graph's model and a
+    :class:`GraphSnapshot` of the graph: :meth:`restore` undoes a prune completely."""
+
+    def __init__(self, graph: tp.DependencyGraph, *, clone_buffers: bool = False) -> None:
+        self.model = ModelSnapshot(graph.model, clone_buffers=clone_buffers)
+        self.graph = GraphSnapshot(graph)
+
+    def restore(self) -> None:
+        """Put the model's modules and tensors, and the graph's maps, back."""
+        self.model.restore()
+        self.graph.restore()

@@ -5,19 +5,28 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
 from ..core.atomic import shape_signature
-from ..core.cpmc import combine_criteria, normalize, validate_criterion_options
+from ..core.cpmc import (
+    COMBINES,
+    COSTS,
+    combine_criteria,
+    normalize,
+    validate_criterion_options,
+)
 from ..core.layers import ROOT_TYPES
 from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
 from ..core.probe import probe_positions
-from ..core.validate import flag
+from ..core.validate import flag, one_of
 from .group_stats import GroupStats, group_stats
+
+if TYPE_CHECKING:
+    from .calibration import CalibrationReport
 
 __all__ = ["CPMCImportance", "RankingScope"]
 
@@ -31,11 +40,14 @@ class RankingScope:
         positions: feature-map size per module; ``None``: measured when ``beta > 0``.
         ignored_layers: left out when the scope is rebuilt lazily (a call on a group
             outside ``groups``, or after the model's shapes changed).
+        metric: the budgeted cost, ``"macs"`` or ``"params"``: what a ``"per-cost"``
+            importance divides by when its own ``cost`` is ``None``.
     """
 
     groups: tuple[tp.Group, ...]
     positions: Mapping[nn.Module, int] | None = None
     ignored_layers: tuple[nn.Module, ...] = ()
+    metric: str | None = None
 
 
 @dataclass
@@ -58,16 +70,24 @@ class CPMCImportance(tp.importance.Importance):
     ``I = E_hat + alpha * (1 - P/P_max) + beta * (1 - F/F_max)`` where P and F are
     the parameters and MACs removing the channel saves and the maxima run over all
     prunable channels of the model. Scores are comparable across layers, so the
-    importance works with ``global_pruning=True``.
+    importance works with ``global_pruning=True``. With ``combine="per-cost"`` the
+    score is ``E_hat / (C/C_max)`` instead, C being the budgeted cost (MACs, or
+    parameters under a parameter budget): the weight value each channel gives per unit
+    of what it costs. :func:`~cpmc_plugin.calibrate_importance` picks these options
+    from data.
 
     Args:
         example_inputs: inputs to measure feature-map sizes (needed when ``beta > 0``
             unless :class:`~cpmc_plugin.CPMCPruner` supplies them).
-        alpha: weight of the parameter criterion (>= 0).
-        beta: weight of the FLOPs criterion (>= 0).
+        alpha: weight of the parameter criterion (>= 0). Default: 0.1 with
+            ``combine="additive"``, 0 with ``"per-cost"`` (which takes no cost weights).
+        beta: weight of the FLOPs criterion (>= 0). Default: 0.5, or 0 with ``"per-cost"``.
         p: norm degree of the weight value (1: L1, as in the paper).
         normalizer: ``"max-min"`` (paper), ``"l2"``, ``"max"`` or ``None``.
         weight_dependency: ``False`` scores out-channel weights and costs only (CPMC-A).
+        combine: ``"additive"`` (eq. 7) or ``"per-cost"`` (weight value per unit of cost).
+        cost: what ``"per-cost"`` divides by: ``"macs"``, ``"params"``, or ``None`` to
+            follow the budget of :class:`~cpmc_plugin.CPMCPruner` (MACs elsewhere).
 
     Example:
         >>> import torch, torch_pruning as tp
@@ -86,13 +106,23 @@ class CPMCImportance(tp.importance.Importance):
         self,
         example_inputs: Any = None,
         *,
-        alpha: float = DEFAULT_ALPHA,
-        beta: float = DEFAULT_BETA,
+        alpha: float | None = None,
+        beta: float | None = None,
         p: float = 1,
         normalizer: str | None = "max-min",
         weight_dependency: bool = True,
+        combine: str = "additive",
+        cost: str | None = None,
     ) -> None:
-        validate_criterion_options(alpha=alpha, beta=beta, p=p, normalizer=normalizer)
+        one_of("combine", combine, COMBINES)
+        additive = combine == "additive"
+        alpha = (DEFAULT_ALPHA if additive else 0.0) if alpha is None else alpha
+        beta = (DEFAULT_BETA if additive else 0.0) if beta is None else beta
+        validate_criterion_options(
+            alpha=alpha, beta=beta, p=p, normalizer=normalizer, combine=combine
+        )
+        if cost is not None:
+            one_of("cost", cost, COSTS)
         flag("weight_dependency", weight_dependency)
         self.example_inputs = example_inputs
         self.alpha = float(alpha)
@@ -100,10 +130,18 @@ class CPMCImportance(tp.importance.Importance):
         self.p = p
         self.normalizer = normalizer
         self.weight_dependency = weight_dependency
+        self.combine = combine
+        self.cost = cost
+        self._scope_metric: str | None = None  # the budget set_scope named
         self._context: _ModelContext | None = None
         self._scope_ignored: tuple[nn.Module, ...] = ()  # set only by set_scope
         self._warned: set[str] = set()
         self._kept_stats: dict[int, GroupStats] = {}
+        # (group id, positions id) -> statistics, shared by importances that differ only
+        # in how they combine them (calibration scores the channels once)
+        self._shared_stats: dict[tuple[Any, ...], GroupStats] | None = None
+        #: the report of the calibration that chose these options (``None`` if none did)
+        self.calibration: CalibrationReport | None = None
 
     @classmethod
     def preset(cls, family: str, example_inputs: Any = None, **overrides: Any) -> CPMCImportance:
@@ -113,10 +151,30 @@ class CPMCImportance(tp.importance.Importance):
         return cls(example_inputs, **options)
 
     def __repr__(self) -> str:
+        extra = f", combine={self.combine!r}" if self.combine != "additive" else ""
+        extra += f", cost={self.cost!r}" if self.cost is not None else ""
         return (
             f"CPMCImportance(alpha={self.alpha}, beta={self.beta}, p={self.p}, "
-            f"normalizer={self.normalizer!r}, weight_dependency={self.weight_dependency})"
+            f"normalizer={self.normalizer!r}, weight_dependency={self.weight_dependency}"
+            f"{extra})"
         )
+
+    def options(self) -> dict[str, Any]:
+        """The options that define the ranking (``CPMCImportance(x, **imp.options())``)."""
+        return {
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "p": self.p,
+            "normalizer": self.normalizer,
+            "weight_dependency": self.weight_dependency,
+            "combine": self.combine,
+            "cost": self.cost,
+        }
+
+    @property
+    def budget_cost(self) -> str:
+        """What a ``"per-cost"`` score divides by: ``cost``, else the pruner's budget."""
+        return self.cost or self._scope_metric or "macs"
 
     # ------------------------------------------------------------------ context
     def set_scope(self, graph: tp.DependencyGraph, scope: RankingScope) -> None:
@@ -135,6 +193,9 @@ class CPMCImportance(tp.importance.Importance):
         if not isinstance(scope, RankingScope):
             raise TypeError(f"scope must be a RankingScope, got {type(scope).__name__}")
         self._scope_ignored = tuple(scope.ignored_layers)
+        if scope.metric is not None:
+            one_of("scope.metric", scope.metric, COSTS)
+        self._scope_metric = scope.metric
         positions = None if scope.positions is None else dict(scope.positions)
         self._prepare(graph, scope.groups, positions, keep=True)
 
@@ -167,7 +228,7 @@ class CPMCImportance(tp.importance.Importance):
         params_max = macs_max = 0.0
         self._kept_stats = {}
         for group in groups:
-            stats = group_stats(group, positions, self.p)
+            stats = self._stats(group, positions)
             if keep:
                 self._kept_stats[id(group)] = stats
             params, macs = self._costs(stats)
@@ -182,8 +243,18 @@ class CPMCImportance(tp.importance.Importance):
             macs_max=macs_max,
         )
 
+    def _stats(self, group: tp.Group, positions: dict[nn.Module, int] | None) -> GroupStats:
+        shared = self._shared_stats
+        if shared is None:
+            return group_stats(group, positions, self.p)
+        where = None if positions is None else tuple((id(m), n) for m, n in positions.items())
+        key = (id(group), self.p, where)
+        if key not in shared:
+            shared[key] = group_stats(group, positions, self.p)
+        return shared[key]
+
     def _needs_positions(self) -> bool:
-        return self.beta > 0
+        return self.beta > 0 or (self.combine == "per-cost" and self.budget_cost == "macs")
 
     def _measure(self, model: nn.Module) -> dict[nn.Module, int]:
         if self.example_inputs is None:
@@ -221,7 +292,7 @@ class CPMCImportance(tp.importance.Importance):
         context = self._context if kept is not None else None
         if context is None:
             context = self._ensure_context(graph)
-        stats = kept or group_stats(group, context.positions, self.p)
+        stats = kept or self._stats(group, context.positions)
         for name in stats.unsupported:
             if name not in self._warned:
                 self._warned.add(name)
@@ -246,6 +317,8 @@ class CPMCImportance(tp.importance.Importance):
             macs_max=context.macs_max,
             alpha=self.alpha,
             beta=self.beta,
+            combine=self.combine,
+            cost=self.budget_cost,
         )
         return score.float()
 

@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -42,6 +42,8 @@ def prune_to_budget(
     needs_gradients: bool = False,
     grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     ignored_layers: Sequence[nn.Module] | None = None,
+    calibration_data: Iterable[Any] | None = None,
+    calibration_batches: int = 8,
 ) -> CPMCPruner:
     """Prune ``model`` in place to the budget with ``importance``; return the pruner.
 
@@ -57,6 +59,9 @@ def prune_to_budget(
         grad_batch: the batch of a gradient criterion.
         ignored_layers: layers kept whole; default: the model's ``classifier`` if it has one
             (pass ``()`` to keep nothing whole).
+        calibration_data: ``(inputs, targets)`` batches to calibrate a CPMC importance on
+            at this budget (``"cpmc-auto"``); see :func:`~cpmc_plugin.calibrate_importance`.
+        calibration_batches: how many of those batches to use.
 
     Raises:
         ValueError: a gradient criterion without ``grad_batch``, or what
@@ -78,6 +83,8 @@ def prune_to_budget(
         params_reduction=params_reduction,
         iterative_steps=steps,
         ignored_layers=list(ignored_layers) if ignored_layers is not None else None,
+        calibration_data=calibration_data,
+        calibration_batches=calibration_batches,
     )
     if needs_gradients:
         assert grad_batch is not None

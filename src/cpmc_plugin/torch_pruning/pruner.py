@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -13,7 +13,6 @@ import torch_pruning as tp
 from tqdm.auto import tqdm
 
 from ..core.atomic import (
-    ModelSnapshot,
     RunFailure,
     RunSignature,
     check_still_runs,
@@ -36,9 +35,10 @@ from ._options import (
     _why_refused,
 )
 from ._ranking import _isomorphic_quantiles, _next_planning_target
+from .calibration import CalibrationReport, calibrate_pruner
 from .cost_model import GroupUnits, build_cost_model, map_calls, remeasure_sites
 from .counting import _count, _Counts
-from .graph import describe_host_failure, repair_concat_mappings
+from .graph import PruneSnapshot, describe_host_failure, repair_concat_mappings
 from .importance import CPMCImportance, RankingScope
 from .planning import Plan
 from .removal import Removal, groups_in_order
@@ -84,6 +84,14 @@ class CPMCPruner(tp.pruner.BasePruner):
         round_to: keep channel counts multiples of this.
         finetune_fn: called as ``finetune_fn(model, step)`` after every non-interactive
             ``step()``: global greedy iterative pruning (prune a little, fine-tune, repeat).
+        calibration_data: ``(inputs, targets)`` batches (e.g. a training ``DataLoader``):
+            choose CPMC's options for this budget from data, as
+            :func:`~cpmc_plugin.calibrate_importance` does (``cpmc-auto``). The winner
+            becomes the importance and :attr:`calibration` its report. The importance
+            must then be ``None`` or a ``CPMCImportance`` (its ``p`` and
+            ``weight_dependency`` are kept).
+        calibration_batches: how many batches of ``calibration_data`` to use (>= 2):
+            half re-measure BatchNorm statistics, half score each candidate.
         **host_options: passed to torch-pruning (``customized_pruners``,
             ``unwrapped_parameters``, ``root_module_types``, ``forward_fn``,
             ``output_transform``, ``in_channel_groups``, ``out_channel_groups``).
@@ -117,6 +125,8 @@ class CPMCPruner(tp.pruner.BasePruner):
         max_pruning_ratio: float = 0.9,
         round_to: int | None = None,
         finetune_fn: Callable[[nn.Module, int], Any] | None = None,
+        calibration_data: Iterable[Any] | None = None,
+        calibration_batches: int = 8,
         **host_options: Any,
     ) -> None:
         unknown = sorted(set(host_options) - HOST_OPTIONS)
@@ -131,6 +141,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         integer("iterative_steps", iterative_steps, minimum=1)
         fraction("max_pruning_ratio", max_pruning_ratio, one=True)
         optional_integer("round_to", round_to, minimum=1)
+        integer("calibration_batches", calibration_batches, minimum=2)
         if finetune_fn is not None:
             function("finetune_fn", finetune_fn, call="finetune_fn(model, step)")
         isomorphic = flag("isomorphic", host_options.pop("isomorphic", False))
@@ -140,6 +151,11 @@ class CPMCPruner(tp.pruner.BasePruner):
         if not callable(importance):
             raise TypeError(
                 f"importance must be a torch-pruning Importance, got {type(importance).__name__}"
+            )
+        if calibration_data is not None and not isinstance(importance, CPMCImportance):
+            raise TypeError(
+                "calibration_data chooses CPMCImportance's options, but importance is "
+                f"{type(importance).__name__}: pass importance=None or a CPMCImportance"
             )
         _check_finite(model)
 
@@ -187,6 +203,11 @@ class CPMCPruner(tp.pruner.BasePruner):
             if isinstance(m, ROOT_TYPES) and m in self.DG.module2node
         ]
         self._check_reachable()
+        #: the report of ``calibration_data``'s calibration (``None`` without it)
+        self.calibration: CalibrationReport | None = None
+        if calibration_data is not None:
+            self.importance = calibrate_pruner(self, calibration_data, batches=calibration_batches)
+            self.calibration = self.importance.calibration
 
     # ------------------------------------------------------------------ stepping
     def step(self, interactive: bool = False) -> Generator[tp.Group, None, None] | None:
@@ -381,7 +402,10 @@ class CPMCPruner(tp.pruner.BasePruner):
         set_scope = getattr(self.importance, "set_scope", None)
         if callable(set_scope):  # CPMC, or any importance that opts in
             scope = RankingScope(
-                tuple(u.group for u in units), self._positions, tuple(self.ignored_layers)
+                tuple(u.group for u in units),
+                self._positions,
+                tuple(self.ignored_layers),
+                metric=self.metric,
             )
             set_scope(self.DG, scope)
         kept, scores = [], []
@@ -424,7 +448,7 @@ class CPMCPruner(tp.pruner.BasePruner):
     def _apply_step(self, step: int) -> None:
         """Plan, apply, check and count step ``step``; re-plan against the measured count
         while it is off target; restore the model and raise on any failure."""
-        snapshot = ModelSnapshot(self.model)
+        snapshot = PruneSnapshot(self.DG)
         before = self._current
         target = self.target_cost(step)
         tried: list[tuple[float, float]] = []  # (planning target, measured cost)
@@ -535,7 +559,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         except Exception:
             self.current_step -= 1  # nothing was pruned: the step did not happen
             raise
-        snapshot = ModelSnapshot(self.model)
+        snapshot = PruneSnapshot(self.DG)
         before = self._latest
         try:
             for _, group in groups_in_order(self.DG, plan.removals, self._check_group):
