@@ -43,6 +43,13 @@ TINY_ARGS: dict[str, list[str]] = {
         "--pruners", "CPMCPruner", "L1NormPruner", "--threads", "1",
         "--cache-dir", "{tmp}/cache", "--out", "{tmp}/nni_criteria.json",
     ],
+    "proxy_check": [
+        "--dataset", "digits", "--model", "resnet20", "--rate", "0.5", "--epochs", "1",
+        "--train-subset", "256", "--test-subset", "128", "--finetune-subset", "128",
+        "--calib-batches", "2", "--calibration-batches", "2", "--limit", "3",
+        "--threads", "1", "--device", "cpu", "--cache-dir", "{tmp}/cache",
+        "--out", "{tmp}/proxy_check.json",
+    ],
     "prune_speed": [
         "--models", "resnet50", "--repeats", "1", "--image-size", "64", "--threads", "1",
         "--out", "{tmp}/prune_speed.json",

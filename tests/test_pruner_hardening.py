@@ -309,7 +309,7 @@ def test_a_budget_that_cannot_be_counted_right_is_refused_unchanged(monkeypatch)
     x = torch.randn(1, 3, 12, 12)
     pruner = CPMCPruner(net, x, flops_reduction=0.5, ignored_layers=[net[2]])
     frozen = pruner._initial
-    monkeypatch.setattr(pruner_module, "_count", lambda model, inputs: frozen)  # never moves
+    monkeypatch.setattr(pruner_module._Probe, "counts", lambda self: frozen)  # never moves
     state, shape, attrs = record(net)
     with pytest.raises(ValueError, match=r"cannot meet flops_reduction=0.5.*unchanged"):
         pruner.step()

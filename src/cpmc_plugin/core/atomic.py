@@ -39,9 +39,11 @@ __all__ = [
     "ModelSnapshot",
     "RunFailure",
     "RunSignature",
+    "SignatureRecorder",
     "changed_layers",
     "check_still_runs",
     "prune_atomically",
+    "recording_signature",
     "shape_signature",
     "signature",
 ]
@@ -135,22 +137,82 @@ class RunSignature:
     layers: dict[nn.Module, tuple[int, ...]]
 
 
-def _record_forward(model: nn.Module, example_inputs: Any) -> tuple[Any, dict[nn.Module, Any]]:
-    layers: dict[nn.Module, tuple[int, ...]] = {}
+class SignatureRecorder:
+    """The :class:`RunSignature` of the last forward of ``model`` that succeeded inside
+    :func:`recording_signature`, and how that forward was called."""
 
-    def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+    def __init__(self) -> None:
+        self.signature: RunSignature | None = None
+        self.output: Any = None
+        self.call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def called_as(self, example_inputs: Any) -> bool:
+        """Whether that forward was ``run_model(model, example_inputs)``: the very same
+        input objects, passed the same way (torch-pruning's tracer may first try
+        ``model(*x)`` on a tensor, which runs on unbatched samples)."""
+        if self.call is None:
+            return False
+        args, kwargs = self.call
+        if isinstance(example_inputs, dict):
+            return (
+                not args
+                and kwargs.keys() == example_inputs.keys()
+                and all(kwargs[k] is v for k, v in example_inputs.items())
+            )
+        if kwargs:
+            return False
+        if isinstance(example_inputs, (tuple, list)):
+            return len(args) == len(example_inputs) and all(
+                a is b for a, b in zip(args, example_inputs, strict=True)
+            )
+        return len(args) == 1 and args[0] is example_inputs
+
+
+@contextlib.contextmanager
+def recording_signature(model: nn.Module) -> Iterator[SignatureRecorder]:
+    """Record the :class:`RunSignature` of the forwards of ``model`` run inside the block
+    (the last one that succeeded; a forward that raised leaves nothing)."""
+    recorder = SignatureRecorder()
+    frames: list[dict[nn.Module, tuple[int, ...]]] = []
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def leaf(module: nn.Module, _inputs: Any, output: Any) -> None:
         found = _tensors(tree_flatten(output)[0])
-        if found:
+        if found and frames:
+            layers = frames[-1]
             layers.pop(module, None)  # keep call order: a reused module moves to the end
             layers[module] = tuple(found[0].shape)
 
+    def enter(_model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        frames.append({})
+        calls.append((args, dict(kwargs)))
+
+    def done(_model: nn.Module, _args: Any, _kwargs: Any, output: Any) -> None:
+        shapes = [tuple(t.shape) for t in _tensors(tree_flatten(output)[0])]
+        recorder.signature = RunSignature(shapes, frames[-1])
+        recorder.output, recorder.call = output, calls[-1]
+
+    def leave(_model: nn.Module, _args: Any, _kwargs: Any, _output: Any) -> None:
+        frames.pop()  # also after a forward that raised: it records nothing
+        calls.pop()
+
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    handles = [m.register_forward_hook(leaf) for m in leaves]
+    handles.append(model.register_forward_pre_hook(enter, with_kwargs=True))
+    handles.append(model.register_forward_hook(done, with_kwargs=True))
+    handles.append(model.register_forward_hook(leave, with_kwargs=True, always_call=True))
     try:
-        return run_model(model, example_inputs), layers
+        yield recorder
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _record_forward(model: nn.Module, example_inputs: Any) -> tuple[Any, dict[nn.Module, Any]]:
+    with recording_signature(model) as recorder:
+        output = run_model(model, example_inputs)
+    assert recorder.signature is not None
+    return output, recorder.signature.layers
 
 
 def signature(model: nn.Module, example_inputs: Any) -> RunSignature:

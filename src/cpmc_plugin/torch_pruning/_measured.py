@@ -3,9 +3,10 @@ with a quadratic in the kept fraction fitted through the counts."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +16,12 @@ import torch_pruning as tp
 from torch.utils._pytree import tree_map
 
 from ..core.budget import CostTerm
-from ..core.probe import forward_hooks
+from ..core.probe import forward_once
 
 if TYPE_CHECKING:
     from .cost_model import CostModel
 
-__all__ = ["OpaqueCall", "capture_opaque_calls", "opaque_layers"]
+__all__ = ["OpaqueCall", "capture_opaque_calls", "opaque_call_hooks", "opaque_layers"]
 
 
 @dataclass
@@ -67,17 +68,32 @@ def opaque_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
     return found
 
 
-def capture_opaque_calls(
-    model: nn.Module, example_inputs: Any, layers: Sequence[nn.Module]
-) -> dict[nn.Module, list[OpaqueCall]]:
-    """The inputs of every call of ``layers`` in one eval-mode forward of ``model``."""
+@contextlib.contextmanager
+def opaque_call_hooks(layers: Sequence[nn.Module]) -> Iterator[dict[nn.Module, list[OpaqueCall]]]:
+    """Record the inputs of every call of ``layers`` during the forwards of the block.
+
+    The dict yielded holds a list per layer; lists stay empty for layers not called.
+    """
     calls: dict[nn.Module, list[OpaqueCall]] = {layer: [] for layer in layers}
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
         calls[module].append(OpaqueCall(tree_map(detach, args), tree_map(detach, kwargs)))
 
-    forward_hooks(model, example_inputs, dict.fromkeys(layers, hook), pre=True, with_kwargs=True)
+    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def capture_opaque_calls(
+    model: nn.Module, example_inputs: Any, layers: Sequence[nn.Module]
+) -> dict[nn.Module, list[OpaqueCall]]:
+    """The inputs of every call of ``layers`` in one eval-mode forward of ``model``."""
+    with opaque_call_hooks(layers) as calls:
+        forward_once(model, example_inputs)
     return {layer: found for layer, found in calls.items() if found}
 
 

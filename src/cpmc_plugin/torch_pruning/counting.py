@@ -1,8 +1,28 @@
-"""Counting a model's MACs and parameters with torch-pruning's counter, on a meta twin."""
+"""Counting a model's MACs and parameters as ``tp.utils.count_ops_and_params`` does.
+
+Two ways, with the same numbers:
+
+- :func:`_count` runs the host's counter itself, on a meta-device twin (no weights
+  copied, nothing computed);
+- :func:`host_counter` registers the host's own per-layer counting hooks on the model
+  for a forward the caller runs anyway (the pruner's check that the pruned model still
+  runs), so that counting costs no forward of its own.
+
+Example:
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+    >>> x = torch.randn(1, 3, 8, 8)
+    >>> with host_counter(net) as tally, torch.no_grad():
+    ...     _ = net(x)
+    >>> counted = tally.counts()
+    >>> (counted.macs, counted.params) == tuple(map(float, count_ops_and_params(net, x)))
+    True
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +31,9 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch.utils._pytree import tree_map
 from torch_pruning.utils import count_ops_and_params
+from torch_pruning.utils import op_counter as _host
 
-__all__ = ["_Counts", "_count", "count_ops_and_params"]
+__all__ = ["HostTally", "_Counts", "_count", "count_ops_and_params", "host_counter"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,16 @@ def _count_eval(model: nn.Module, example_inputs: Any) -> _Counts:
         macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
             model, example_inputs, layer_wise=True
         )
+    return _per_sample(model, float(macs), float(params), layer_macs, layer_params)
+
+
+def _per_sample(
+    model: nn.Module,
+    macs: float,
+    params: float,
+    layer_macs: dict[nn.Module, Any],
+    layer_params: dict[nn.Module, Any],
+) -> _Counts:
     # per-layer MACs are summed over the batch while the total is per sample; the
     # whole model's entry is that batch sum (the counter also counts some modules that
     # are not leaves, e.g. nn.MultiheadAttention, so a sum over leaves would not do)
@@ -74,3 +105,124 @@ def _count_eval(model: nn.Module, example_inputs: Any) -> _Counts:
     scale = float(macs) / batch_total if batch_total > 0 else 1.0
     per_sample = {m: float(v or 0.0) * scale for m, v in layer_macs.items()}
     return _Counts(float(macs), float(params), per_sample, dict(layer_params))
+
+
+def _layer_params(model: nn.Module) -> dict[nn.Module, int]:
+    """``sum(p.numel() for p in m.parameters())`` for every module ``m``, as the host counts.
+
+    Summed up the tree from each module's own parameters when no parameter is shared
+    (each module is then visited once, not once per ancestor); else counted per module.
+    """
+    own = {m: list(m.parameters(recurse=False)) for m in model.modules()}
+    tensors = [id(p) for ps in own.values() for p in ps]
+    children = [id(c) for m in own for _, c in m._modules.items() if c is not None]
+    if len(tensors) != len(set(tensors)) or len(children) != len(set(children)):
+        return {m: sum(p.numel() for p in m.parameters()) for m in own}  # something is shared
+    out: dict[nn.Module, int] = {}
+
+    def total(module: nn.Module) -> int:
+        if module not in out:
+            out[module] = sum(p.numel() for p in own[module]) + sum(
+                total(child) for child in module.children()
+            )
+        return out[module]
+
+    total(model)
+    return out
+
+
+class _Stand:
+    """Stands in for one layer in the host's counting hook: reads the layer's attributes
+    (``isinstance`` sees the layer's class) and keeps the ``__flops__`` it adds up."""
+
+    def __init__(self, module: nn.Module) -> None:
+        object.__setattr__(self, "_module", module)
+        object.__setattr__(self, "__flops__", 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_module"), name)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: D105 - isinstance() looks here
+        return type(object.__getattribute__(self, "_module"))
+
+
+class HostTally:
+    """What the host's counting hooks added up during the forwards of a ``with`` block."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.stands: dict[nn.Module, _Stand] = {}
+        self.batch = 0
+
+    def counts(self) -> _Counts:
+        """The counts ``tp.utils.count_ops_and_params(model, x, layer_wise=True)`` gives
+        for the forward(s) of the block (one forward, as the host runs)."""
+        layer_flops: dict[nn.Module, Any] = {}
+
+        def accumulate(module: nn.Module) -> Any:  # the host's accumulate_flops
+            stand = self.stands.get(module)
+            if stand is not None:
+                total = stand.__flops__
+            else:
+                total = sum(accumulate(child) for child in module.children())
+            layer_flops[module] = total
+            return total
+
+        flops = accumulate(self.model)
+        for module in self.model.modules():  # the host lists the layers it skipped as None
+            layer_flops.setdefault(module, None)
+        macs = flops / self.batch if self.batch else 0.0
+        layer_params = _layer_params(self.model)
+        params = layer_params[self.model]
+        return _per_sample(self.model, float(macs), float(params), layer_flops, layer_params)
+
+
+@contextlib.contextmanager
+def host_counter(model: nn.Module) -> Iterator[HostTally]:
+    """Count MACs with torch-pruning's own layer hooks during the forwards run in the block.
+
+    The hooks and layer types are the host's (``MODULES_MAPPING`` and its custom
+    mapping); the batch size is that of the model's first positional input, as the
+    host's batch counter reads it. A forward of the model that raises counts nothing
+    (torch-pruning's tracer may try a call that fails first). After one forward in eval
+    mode, :meth:`HostTally.counts` equals the host's count exactly.
+    """
+    tally = HostTally(model)
+    handles = []
+    for module in model.modules():
+        if not _host.is_supported_instance(module):
+            continue
+        kind = type(module)
+        count = _host.CUSTOM_MODULES_MAPPING.get(kind) or _host.MODULES_MAPPING[kind]
+        stand = tally.stands[module] = _Stand(module)
+        handles.append(
+            module.register_forward_hook(
+                lambda _m, inputs, output, count=count, stand=stand: count(stand, inputs, output)
+            )
+        )
+
+    saved: list[tuple[int, dict[_Stand, Any]]] = []
+
+    def enter(_model: nn.Module, _inputs: Any) -> None:
+        saved.append((tally.batch, {s: s.__flops__ for s in tally.stands.values()}))
+
+    def batch(_model: nn.Module, inputs: tuple[Any, ...], _output: Any) -> None:
+        tally.batch += len(inputs[0]) if len(inputs) > 0 else 1
+        saved[-1] = (-1, {})  # succeeded: keep what it counted
+
+    def leave(_model: nn.Module, _inputs: Any, _output: Any) -> None:
+        before, flops = saved.pop()
+        if before >= 0:  # the forward raised: forget what it counted
+            tally.batch = before
+            for stand, value in flops.items():
+                object.__setattr__(stand, "__flops__", value)
+
+    handles.append(model.register_forward_pre_hook(enter))
+    handles.append(model.register_forward_hook(batch))
+    handles.append(model.register_forward_hook(leave, always_call=True))
+    try:
+        yield tally
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,16 +18,17 @@ from ..core.atomic import (
     RunFailure,
     RunSignature,
     check_still_runs,
+    recording_signature,
     shape_signature,
     signature,
 )
 from ..core.budget import UnreachableBudgetError, lowest_cost, plan_removal
 from ..core.layers import ROOT_TYPES
-from ..core.probe import positions_by_module, record_calls
+from ..core.probe import forward_once, positions_by_module, record_calls
 from ..core.report import LayerChannels, PruneReport
 from ..core.validate import flag, fraction, function, integer, optional_integer
 from ._coupling import hidden_coupling, misaligned_grouped_conv
-from ._measured import capture_opaque_calls, opaque_layers
+from ._measured import opaque_call_hooks, opaque_layers
 from ._options import (
     _MODELLED,
     HOST_OPTIONS,
@@ -37,7 +40,7 @@ from ._options import (
 from ._ranking import _isomorphic_quantiles, _next_planning_target
 from .calibration import CalibrationReport, calibrate_pruner
 from .cost_model import GroupUnits, build_cost_model, map_calls, remeasure_sites
-from .counting import _count, _Counts
+from .counting import HostTally, _count, _Counts, host_counter
 from .graph import PruneSnapshot, describe_host_failure, repair_concat_mappings
 from .importance import CPMCImportance, RankingScope
 from .planning import Plan
@@ -59,6 +62,19 @@ _RUN_HINT = (
     "for a transformer, pass its head options (num_heads=...) and let the model's own "
     "shape attributes follow (e.g. torchvision ViT's hidden_dim)"
 )
+
+
+@dataclass
+class _Probe:
+    """What one forward of the model recorded (see ``CPMCPruner._probing``)."""
+
+    calls: list[Any]
+    opaque: dict[nn.Module, list[Any]]
+    tally: HostTally
+    shapes: tuple[tuple[int, ...], ...] = ()
+
+    def counts(self) -> _Counts:
+        return self.tally.counts()
 
 
 class CPMCPruner(tp.pruner.BasePruner):
@@ -162,11 +178,14 @@ class CPMCPruner(tp.pruner.BasePruner):
         was_training = model.training
         model.eval()  # probing and tracing never touch BatchNorm statistics
         try:
-            # the inputs fit (a ValueError otherwise); the outputs every step must keep
-            with record_calls(model) as own_calls:  # sizes as the model is called
-                self._signature: RunSignature = signature(model, example_inputs)
             try:
-                with record_calls(model) as calls:
+                # the host's tracing forward also records the sizes of every call (with
+                # its autograd node), the outputs every step must keep, and the count
+                with (
+                    record_calls(model) as calls,
+                    recording_signature(model) as traced,
+                    host_counter(model) as tally,
+                ):
                     super().__init__(
                         model,
                         example_inputs,
@@ -179,11 +198,23 @@ class CPMCPruner(tp.pruner.BasePruner):
                         **host_options,
                     )
             except Exception as error:
+                signature(model, example_inputs)  # a ValueError if the inputs do not fit
                 raise ValueError(describe_host_failure(error)) from error
-            initial = _count(model, example_inputs)
+            if (
+                traced.signature is not None
+                and traced.called_as(example_inputs)
+                and "forward_fn" not in host_options
+                and not opaque_layers(self.DG)
+            ):
+                self._signature: RunSignature = traced.signature
+                probe = _Probe(calls, {}, tally, shape_signature(model))
+            else:  # traced on unbatched samples, through forward_fn, or with measured layers:
+                # one forward called as the model is called
+                with self._probing() as probe:
+                    self._signature = signature(model, example_inputs)
         finally:
             model.train(was_training)
-
+        own_calls, initial = probe.calls, probe.counts()
         self.example_inputs = example_inputs
         self.finetune_fn = finetune_fn
         self.isomorphic = isomorphic
@@ -192,6 +223,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         self._granularity = 0.0
         self._model_cache: tuple[Any, Any] | None = None
         self._sites = map_calls(self.DG, calls)
+        self._probe: _Probe | None = probe
         self._positions = positions_by_module(own_calls)  # the trace may see an unbatched call
         self._initial = initial
         self._latest: _Counts | None = initial  # None: pruned since the last count
@@ -354,14 +386,31 @@ class CPMCPruner(tp.pruner.BasePruner):
         calls: dict[nn.Module, list[Any]] = {m: [] for m in opaque}  # parameters need none
         sites = self._sites
         if self.metric == "macs":
-            # one forward, called as the model is called: the inputs of the measured layers
-            # and each call's size per sample (see remeasure_sites)
-            with record_calls(self.model) as probed:
-                calls = capture_opaque_calls(self.model, self.example_inputs, opaque)
-            sites = remeasure_sites(sites, probed)
+            # a forward called as the model is called: the inputs of the measured layers
+            # and each call's size per sample (see remeasure_sites); the last check's
+            # forward recorded them when the shapes are still those it saw
+            probe = self._probe
+            if probe is None or probe.shapes != key[0]:
+                with self._probing() as probe:
+                    forward_once(self.model, self.example_inputs)
+            calls = {m: found for m, found in probe.opaque.items() if found}
+            sites = remeasure_sites(sites, probe.calls)
         model = build_cost_model(self.DG, units, sites, layer, total, self.metric, calls)
         self._model_cache = (key, model)
         return model
+
+    @contextlib.contextmanager
+    def _probing(self) -> Iterator[_Probe]:
+        """Record during the forward of the block what planning and counting read: each
+        leaf call's sizes, the measured layers' inputs, and the host's MAC count."""
+        model = self.model
+        with (
+            record_calls(model) as calls,
+            opaque_call_hooks(opaque_layers(self.DG)) as opaque,
+            host_counter(model) as tally,
+        ):
+            yield (probe := _Probe(calls, opaque, tally))
+        probe.shapes = shape_signature(model)
 
     def _check_reachable(self) -> None:
         units = self._units()
@@ -464,8 +513,9 @@ class CPMCPruner(tp.pruner.BasePruner):
                     planning = error.best_cost  # as low as the model says the floor allows
                     continue
                 self._apply(plan)
-                self._check_runs()
-                self._latest = _count(self.model, self.example_inputs)
+                with self._probing() as probe:  # the check's forward also counts
+                    self._check_runs()
+                self._latest, self._probe = probe.counts(), probe
                 now = self._metric_of(self._latest)
                 if abs(now - target) <= self._tolerance():
                     self._pruned_step = step
