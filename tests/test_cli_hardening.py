@@ -61,6 +61,7 @@ def test_train_with_the_same_seed_gives_bit_identical_weights(tmp_path: Path) ->
 def test_report_run_twice_gives_the_same_report_json(demo_dir: Path, tmp_path: Path) -> None:
     argv = ["report", "--baseline", str(demo_dir / "baseline.pt"), "--checkpoint"]
     argv += [str(demo_dir / "finetuned.pt"), "--criteria", "random", "cpmc", "--rates", "0.5"]
+    argv += ["--preset", "resnet"]  # the demo's cpmc curve: the preset it is named after
     argv += ["--batch-size", "64", "--train-subset", "100", "--threads", "1"]  # as the demo
     texts = []
     for name in ("a", "b"):
@@ -112,12 +113,16 @@ def test_every_curve_uses_the_settings_of_the_prune_step(demo_dir: Path) -> None
     assert report["dataset"] == "digits" and report["model"] == "resnet20"
     prune = report["prune"]
     assert (prune["criterion"], prune["preset"], prune["alpha"], prune["beta"]) == (
-        "cpmc",
-        "resnet",
-        0.0,
-        0.0,
+        "cpmc-auto",
+        None,
+        None,
+        None,
     )
+    assert prune["label"] == "cpmc-auto (calibrated at each budget)"
     assert prune["budget"] == {"flops_reduction": 0.5}
+    chosen = report["metrics"]["pruned"]["calibration"]
+    assert chosen["candidates"][chosen["chosen"]]["options"] == chosen["chosen_options"]
+    assert "seconds" not in chosen  # wall time would make the checkpoint irreproducible
     curve = report["prune_rate_curve"]
     # 100 training images in batches of 64: two batches, and the report says two
     assert curve["budget"] == "flops_reduction" and curve["bn_recalibration_batches"] == 2
@@ -126,10 +131,11 @@ def test_every_curve_uses_the_settings_of_the_prune_step(demo_dir: Path) -> None
         "running statistics re-estimated on 2 training batches"
     )
     by_name = {c["criterion"]: c for c in curve["curves"]}
-    assert list(by_name) == ["cpmc", "l1", "random"]
+    assert list(by_name) == ["cpmc-auto", "cpmc", "l1", "random"]
     cpmc = by_name["cpmc"]
     assert (cpmc["preset"], cpmc["alpha"], cpmc["beta"]) == ("resnet", 0.0, 0.0)
-    assert cpmc["label"] == "cpmc (resnet preset: alpha=0, beta=0)" == prune["label"]
+    assert cpmc["label"] == "cpmc (resnet preset: alpha=0, beta=0)"
+    assert by_name["cpmc-auto"]["label"] == prune["label"]
     assert by_name["l1"]["alpha"] is None and by_name["l1"]["label"] == "l1"
     assert [p["rate"] for p in cpmc["points"]] == [0.3, 0.5, 0.7]
     assert all("accuracy_before_bn_recalibration" in p for p in cpmc["points"])
@@ -148,26 +154,46 @@ def test_report_prunes_each_curve_with_its_named_settings(
     monkeypatch.setattr(CriterionSettings, "prune", recording)
     common = ["--baseline", str(demo_dir / "baseline.pt"), "--rates", "0.4", *TINY]
     final = ["--checkpoint", str(demo_dir / "finetuned.pt")]
-    argv = ["report", *common, *final, "--criteria", "cpmc", "cpmc-a", "l1"]
+    argv = ["report", *common, *final, "--criteria", "cpmc-auto", "cpmc", "cpmc-a", "l1"]
     assert main([*argv, "--out-dir", str(tmp_path / "inherit")]) == 0
     importances = [s.importance(None) for s in used]
     assert [(s.criterion, s.preset, s.alpha, s.beta) for s in used] == [
-        ("cpmc", "resnet", 0.0, 0.0),  # the prune step's: the demo pruned with cpmc
-        ("cpmc-a", None, 0.1, 0.5),  # CPMC's defaults: no prune step used cpmc-a
+        ("cpmc-auto", None, None, None),  # the prune step's: calibrated at the rate
+        ("cpmc", None, 0.1, 0.5),  # CPMC's defaults: no prune step used cpmc
+        ("cpmc-a", None, 0.1, 0.5),
         ("l1", None, None, None),
     ]
-    assert (importances[0].alpha, importances[0].beta) == (0.0, 0.0)
-    assert importances[1].weight_dependency is False
+    assert (importances[1].alpha, importances[1].beta) == (0.1, 0.5)
+    assert importances[2].weight_dependency is False
+    # a prune step with fixed weights passes them on to its own criterion's curve
+    used.clear()
+    pruned = ["--checkpoint", str(demo_dir / "pruned-cpmc.pt")]
+    prune = ["prune", "--checkpoint", str(demo_dir / "baseline.pt"), "--criterion", "cpmc"]
+    prune += ["--preset", "resnet", "--out", pruned[1], *TINY]
+    assert main(prune) == 0
+    used.clear()
+    argv = ["report", *common, *pruned, "--criteria", "cpmc", "l1"]
+    assert main([*argv, "--out-dir", str(tmp_path / "fixed")]) == 0
+    assert [(s.criterion, s.preset, s.alpha, s.beta) for s in used][0] == (
+        "cpmc", "resnet", 0.0, 0.0,
+    )  # fmt: skip
 
 
 def test_reports_own_cpmc_settings_set_every_cpmc_curve(demo_dir: Path) -> None:
-    final = Checkpoint.load(demo_dir / "finetuned.pt")  # pruned with the resnet preset
+    final = Checkpoint.load(demo_dir / "finetuned.pt")  # pruned with cpmc-auto
     base = ["report", "--baseline", "b.pt", "--checkpoint", "f.pt", "--out-dir", "r"]
     args = build_parser().parse_args([*base, "--criteria", "cpmc", "cpmc-a", "random"])
     assert [s.label for s in cli_main._curve_settings(args, final)] == [
-        "cpmc (resnet preset: alpha=0, beta=0)",
+        "cpmc (default: alpha=0.1, beta=0.5)",
         "cpmc-a (default: alpha=0.1, beta=0.5)",
         "random",
+    ]
+    args = build_parser().parse_args(
+        [*base, "--criteria", "cpmc-auto", "cpmc", "--preset", "resnet"]
+    )  # as the demo: the preset sets the fixed-weight curve, cpmc-auto chooses its own
+    assert [s.label for s in cli_main._curve_settings(args, final)] == [
+        "cpmc-auto (calibrated at each budget)",
+        "cpmc (resnet preset: alpha=0, beta=0)",
     ]
     args = build_parser().parse_args([*base, "--criteria", "cpmc", "cpmc", "--preset", "vgg",
                                       "--beta", "0.7"])  # fmt: skip
@@ -209,8 +235,9 @@ def test_the_plots_have_titles_labels_and_the_settings() -> None:
     ax = fig.axes[0]
     assert fig.get_suptitle() == "Accuracy vs FLOPs prune rate: resnet20 on digits"
     assert ax.get_title() == (
-        "accuracy right after pruning, before any fine-tuning;\n"
-        "BatchNorm running statistics re-estimated on 7 training batches"
+        "every criterion pruned to the same exact MACs budget by CPMCPruner; accuracy right "
+        "after pruning,\nbefore any fine-tuning, BatchNorm running statistics re-estimated "
+        "on 7 training batches"
     )
     assert ax.get_xlabel() == "FLOPs prune rate (%)"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -357,7 +384,9 @@ def test_report_refuses_cpmc_settings_without_a_cpmc_curve(
     argv = ["report", "--baseline", str(demo_dir / "baseline.pt"), "--checkpoint"]
     argv += [str(demo_dir / "finetuned.pt"), "--out-dir", str(tmp_path / "r")]
     err = _error([*argv, "--criteria", "l1", "--alpha", "0.2"], capsys)
-    assert "--alpha set the cpmc curves, but --criteria has none" in err
+    assert "--alpha set the cpmc curves with fixed weights, but --criteria has none" in err
+    err = _error([*argv, "--criteria", "cpmc-auto", "--preset", "resnet"], capsys)
+    assert "--preset set the cpmc curves with fixed weights, but --criteria has none" in err
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

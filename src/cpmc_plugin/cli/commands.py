@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -147,7 +148,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
                 "settings": settings.to_dict(),
                 "budget": budget,
                 "steps": args.steps,
-                **({"calibration": calibration.as_dict()} if calibration is not None else {}),
+                **(
+                    {"calibration": _reproducible(calibration.as_dict())}
+                    if calibration is not None
+                    else {}
+                ),
             }
         },
     )
@@ -156,6 +161,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
         f"pruned with {settings.label}: MACs -{report.macs_reduction:.2%}, params "
         f"-{report.params_reduction:.2%}, accuracy without fine-tuning {acc:.2%} -> {out}"
     )
+
+
+def _reproducible(report: dict[str, Any]) -> dict[str, Any]:
+    """A calibration report without its wall time (checkpoints are bit-identical reruns)."""
+    return {k: v for k, v in report.items() if k != "seconds"}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
