@@ -434,7 +434,9 @@ def run_model(
     )
     torch.manual_seed(args.base_seed)
     grad_batch = next(iter(shuffled(data["train_set"], args.base_seed)))
-    kept_rows = [r for r in result.get("rows", []) if "error" not in r]
+    kept_rows = [
+        r for r in result.get("rows", []) if "error" not in r and r["criterion"] not in args.rerun
+    ]
     result.update(
         {
             "model": model_name,
@@ -729,6 +731,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--resume", action="store_true",
         help="keep the cells and fine-tune seeds already in --out and run only the rest",
+    )  # fmt: skip
+    p.add_argument(
+        "--rerun", nargs="+", default=[], metavar="CRITERION",
+        help="with --resume: measure these criteria's cells again (e.g. after a change)",
     )  # fmt: skip
     p.add_argument("--criteria", nargs="+", choices=ALL_CRITERIA, default=list(ALL_CRITERIA))
     p.add_argument("--epochs", type=int, default=3, help="baseline training epochs")
