@@ -71,6 +71,57 @@ def run_ours(model: nn.Module, x: torch.Tensor, classifier: nn.Module) -> tuple[
     return pruner, built
 
 
+#: CPMCPruner's phases that ``--breakdown`` times (the host's graph building included)
+PHASES = ("_units", "_cost_model", "_check_reachable", "_score", "plan", "_apply", "_check_runs")
+
+
+class _TimedPruner(cpmc_plugin.CPMCPruner):
+    """CPMCPruner with the wall time of each of :data:`PHASES` added up in ``spent``."""
+
+    spent: dict[str, float] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        type(self).spent = {}
+        super().__init__(*args, **kwargs)
+
+
+def _timed(name: str) -> Any:
+    real = getattr(cpmc_plugin.CPMCPruner, name)
+
+    def run(self: _TimedPruner, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            spent = type(self).spent
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
+
+    return run
+
+
+for _phase in PHASES:
+    setattr(_TimedPruner, _phase, _timed(_phase))
+
+
+def breakdown(name: str, repeats: int, seed: int, image_size: int) -> dict[str, float]:
+    """Median seconds per phase of CPMC's init + step (``init`` less ``_check_reachable``
+    is the host's graph building plus the probe; the host's own ``host_init_s`` compares)."""
+    torch.manual_seed(seed)
+    base = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.randn(1, 3, image_size, image_size)
+    runs: list[dict[str, float]] = []
+    for _ in range(repeats):
+        model = copy.deepcopy(base)
+        classifier = model.get_submodule(CLASSIFIER[name])
+        started = time.perf_counter()
+        pruner = _TimedPruner(model, x, flops_reduction=0.5, ignored_layers=[classifier])
+        built = time.perf_counter() - started
+        pruner.step()
+        total = time.perf_counter() - started
+        runs.append({**_TimedPruner.spent, "init": built, "total": total})
+    return {key: statistics.median(r.get(key, 0.0) for r in runs) for key in runs[0]}
+
+
 def bench_model(name: str, repeats: int, seed: int, image_size: int = 224) -> dict[str, Any]:
     torch.manual_seed(seed)
     base = getattr(torchvision.models, name)(weights=None).eval()
@@ -147,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=0, help="torch.set_num_threads(N); 0 keeps the default"
     )
     parser.add_argument("--image-size", type=int, default=224, help="input height and width")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time CPMC's phases (separate runs)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     args = parser.parse_args(argv)
     if args.threads > 0:
@@ -155,6 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     meta = provenance()  # the code timed: git_commit plus the src diff of src_diff_sha1
     results = [bench_model(name, args.repeats, args.seed, args.image_size) for name in args.models]
     print(table(results))
+    if args.breakdown:
+        for result in results:
+            name = result["model"]
+            result["ours_phases_s"] = breakdown(name, args.repeats, args.seed, args.image_size)
+            print(f"{name}: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in result["ours_phases_s"].items()
+            ))  # fmt: skip
     meta.update(
         loadavg_before_after=[meta.pop("loadavg"), os.getloadavg()],
         repeats=args.repeats,
