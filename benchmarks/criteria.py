@@ -74,7 +74,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import statistics
 import time
 import warnings
@@ -99,6 +98,7 @@ from _common import (
     with_digits_fallback,
     write_json,
 )
+from _criteria_report import report
 from _tiny_models import FAMILIES, build_model
 from torch.utils.data import DataLoader, Subset
 
@@ -120,8 +120,6 @@ ALL_CRITERIA = (*CRITERIA, "cpmc-default")
 TINY = "tiny-"
 BATCH, EVAL_BATCH = 128, 500
 LATENCY_BATCHES = (64, 1)
-# higher is better in these columns (bold marks the best per rate)
-ACC_COLUMNS = ("acc_no_ft", "acc_bn_recal", "acc_ft_mean")
 
 
 class Phases:
@@ -553,146 +551,6 @@ def latency_criterion(criteria: list[str]) -> str:
     return "cpmc" if "cpmc" in criteria else criteria[0]
 
 
-# ---------------------------------------------------------------------------- report
-def fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-_DIGITS = {"params_reduction": 1, **dict.fromkeys(ACC_COLUMNS, 2)}
-
-
-def shown(row: dict[str, Any], col: str) -> float:
-    """The value as the table shows it (percent, rounded), so that ties are visible ties."""
-    scale = 100.0 if col == "params_reduction" else 1.0
-    return round(scale * row[col], _DIGITS[col])
-
-
-def _bold_if(text: str, best: bool) -> str:
-    return f"**{text}**" if best else text
-
-
-def model_table(result: dict[str, Any]) -> str:
-    b = result["baseline"]
-    seeds = result["finetune_seeds"]
-    ft = f"acc FT (mean ± std, {len(seeds)} seeds)" if len(seeds) > 1 else "acc FT"
-    head = "| rate | criterion | MACs red. | params red. | acc no-FT | acc BN-recal |"
-    head += f" {ft} |" if seeds else ""
-    lines = [
-        f"### {result['model']} (family {result['family']})",
-        "",
-        f"Baseline: {b['acc']:.2f} % test accuracy, {b['macs'] / 1e6:.2f} M MACs, "
-        f"{b['params'] / 1e6:.3f} M params. Accuracies in %, best per rate in bold.",
-        "",
-        head,
-        "|---:|---|---:|---:|---:|---:|" + ("---:|" if seeds else ""),
-    ]
-    for rate in result["rates"]:
-        rows = [r for r in result["rows"] if r["rate"] == rate]
-        ok = [r for r in rows if "error" not in r]
-        best = {
-            col: max((shown(r, col) for r in ok if r.get(col) is not None), default=None)
-            for col in (*ACC_COLUMNS, "params_reduction")
-        }
-        for r in rows:
-            if "error" in r:
-                lines.append(f"| {rate:.0%} | {r['criterion']} | failed: {r['error']} |")
-                continue
-            cells = {
-                col: _bold_if(
-                    "n/a"
-                    if r.get(col) is None
-                    else f"{shown(r, col):.{_DIGITS[col]}f}"
-                    + (" %" if col == "params_reduction" else ""),
-                    r.get(col) is not None and shown(r, col) == best[col],
-                )
-                for col in best
-            }
-            line = (
-                f"| {rate:.0%} | {r['criterion']} | {100 * r['macs_reduction']:.1f} % "
-                f"| {cells['params_reduction']} | {cells['acc_no_ft']} "
-                f"| {cells['acc_bn_recal']} |"
-            )
-            if seeds:
-                spread = f" ± {r['acc_ft_std']:.2f}" if r["acc_ft_std"] is not None else ""
-                line += f" {cells['acc_ft_mean']}{spread} |"
-            lines.append(line)
-    return "\n".join(lines)
-
-
-def mean_ranks(result: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Mean rank (1 = best, ties share the mean rank) of each criterion over the rates."""
-    ranks: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for rate in result["rates"]:
-        rows = [r for r in result["rows"] if r["rate"] == rate and "error" not in r]
-        for col in ACC_COLUMNS:
-            scored = [(r["criterion"], r[col]) for r in rows if r.get(col) is not None]
-            for name, value in scored:
-                better = sum(v > value for _, v in scored)
-                ties = sum(v == value for _, v in scored)
-                ranks[name][col].append(better + (ties + 1) / 2)
-    return {
-        name: {col: statistics.fmean(v) for col, v in cols.items()} for name, cols in ranks.items()
-    }
-
-
-def rank_table(result: dict[str, Any]) -> str:
-    ranks = mean_ranks(result)
-    cols = [c for c in ACC_COLUMNS if any(c in r for r in ranks.values())]
-    names = {"acc_no_ft": "no-FT", "acc_bn_recal": "BN-recal", "acc_ft_mean": "FT (mean)"}
-    lines = [
-        f"Mean rank of each criterion over the rates of {result['model']} (1 = best of "
-        f"{len(ranks)}):",
-        "",
-        "| criterion | " + " | ".join(names[c] for c in cols) + " |",
-        "|---|" + "---:|" * len(cols),
-    ]
-    for name, r in sorted(ranks.items(), key=lambda kv: kv[1].get(cols[-1], 0.0)):
-        lines.append(f"| {name} | " + " | ".join(fmt(r.get(c), 1) for c in cols) + " |")
-    return "\n".join(lines)
-
-
-def latency_table(results: list[dict[str, Any]], threads: int) -> str:
-    lines = [
-        f"CPU latency, median ms per forward pass, {threads} thread(s), eval mode, inference_mode:",
-        "",
-        "| model | rate | pruned by | MACs speed-up | batch | baseline ms | pruned ms "
-        "| measured speed-up |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
-    ]
-    for result in results:
-        for r in result["latency"]:
-            lines.append(
-                f"| {result['model']} | {r['rate']:.0%} | {r['label']} "
-                f"| x{r['macs_speedup']:.2f} | {r['batch']} | {r['base_ms']:.2f} "
-                f"| {r['pruned_ms']:.2f} | x{r['speedup']:.2f} |"
-            )
-    return "\n".join(lines)
-
-
-def phase_table(seconds: dict[str, dict[str, float]]) -> str:
-    order = ["load", "baseline_train", "prune", "evaluate", "bn_recal", "finetune", "latency"]
-    lines = [
-        "Wall-clock seconds per phase:",
-        "",
-        "| model | " + " | ".join(order) + " | all |",
-        "|---|" + "---:|" * (len(order) + 1),
-    ]
-    for model, phases in seconds.items():
-        cells = [fmt(phases.get(p, 0.0), 0) for p in order]
-        lines.append(f"| {model} | " + " | ".join(cells) + f" | {sum(phases.values()):.0f} |")
-    return "\n".join(lines)
-
-
-def report(results: list[dict[str, Any]], seconds: dict, args: argparse.Namespace) -> str:
-    parts = []
-    for result in results:
-        parts += [model_table(result), rank_table(result)]
-    if any(r["latency"] for r in results):
-        parts.append(latency_table(results, args.threads))
-    parts.append(phase_table(seconds))
-    return "\n\n".join(parts)
-
-
 # ---------------------------------------------------------------------------- main
 def known_model(name: str) -> str:
     key = name.strip().lower()
@@ -761,6 +619,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="trained baselines")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--markdown", type=Path, default=None, help="write the tables here too")
+    p.add_argument(
+        "--report-only", action="store_true",
+        help="print (and --markdown) the tables of --out as it is, running nothing",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.latency_reps < 0:
         p.error("--latency-reps must be >= 0")
@@ -804,8 +666,23 @@ def resumed(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
+def report_only(args: argparse.Namespace) -> dict[str, Any]:
+    """The tables of the result file ``--out``, as they stand (a run may still add to it)."""
+    saved = json.loads(args.out.read_text())
+    seconds = {k: v for k, v in saved.get("phase_seconds", {}).items() if k != "total"}
+    threads = argparse.Namespace(threads=saved["options"]["threads"])
+    text = report(saved["results"], seconds, threads)
+    print(text)
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text + "\n")
+    return saved
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.report_only:
+        return report_only(args)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch_pruning")
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
