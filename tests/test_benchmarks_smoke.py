@@ -125,3 +125,50 @@ def test_benchmark_runs_tiny(script: str, tmp_path: Path) -> None:
 def test_every_tiny_entry_names_a_script() -> None:
     """No stale TINY_ARGS entry for a script that was removed or renamed."""
     assert sorted(TINY_ARGS) == SCRIPTS
+
+
+def _row(criterion: str, recal: float, ft: list[float]) -> dict:
+    mean = sum(ft) / len(ft)
+    std = (sum((v - mean) ** 2 for v in ft) / (len(ft) - 1)) ** 0.5 if len(ft) > 1 else None
+    return {
+        "criterion": criterion,
+        "rate": 0.5,
+        "acc_bn_recal": recal,
+        "acc_ft_mean": mean,
+        "acc_ft_std": std,
+    }
+
+
+def test_the_goal_table_by_hand() -> None:
+    """cpmc-auto 90.0 ± 1.0 against l2 91.5 ± 0.5 misses (91.5 - 1.0 > 90.0); against
+    91.0 it is met within one standard deviation; random outranks cpmc-default."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _criteria_report import goal_cells, goal_table
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rows = [
+        _row("cpmc-auto", 80.0, [89.0, 90.0, 91.0]),  # std 1.0
+        _row("l2", 81.0, [91.0, 91.5, 92.0]),  # std 0.5
+        _row("l1", 79.0, [88.0, 88.0, 88.0]),
+        _row("random", 70.0, [85.0, 85.0, 85.0]),
+        _row("cpmc-default", 60.0, [86.0, 86.0, 86.0]),
+    ]
+    result = {"model": "m", "rates": [0.5], "rows": rows}
+    (cell,) = goal_cells(result)
+    assert cell["acc_ft_mean"]["best_host"] == "l2"
+    assert cell["acc_ft_mean"]["slack"] == 1.0
+    assert cell["acc_ft_mean"]["met"] is False
+    assert cell["acc_bn_recal"] == {
+        "auto": 80.0,
+        "best_host": "l2",
+        "best_host_value": 81.0,
+        "slack": 0.0,
+        "met": False,
+        "cpmc_below_random": ["cpmc-default"],
+    }
+    rows[1] = _row("l2", 79.5, [90.5, 91.0, 91.5])  # 91.0 - 1.0 <= 90.0: met
+    (cell,) = goal_cells(result)
+    assert cell["acc_ft_mean"]["met"] is True and cell["acc_bn_recal"]["met"] is True
+    table = goal_table([result])
+    assert "| m | 50% | fine-tuned | 90.00 | l2 91.00 (± 1.00) | yes | none |" in table
