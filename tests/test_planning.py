@@ -167,3 +167,25 @@ def test_prune_in_order_skips_or_refuses_an_emptying_group() -> None:
     assert prune_in_order(graph, [two], strict=True) == 2
     assert net[0].out_channels == 14 and net[1].num_features == 14
     assert net(X).shape == (1, 4, 18, 18)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_hosts_groups_plan_as_groups_read_again(seed: int) -> None:
+    """The pruner plans with the groups torch-pruning read while it was constructed;
+    the plan equals the one made from groups the graph derives again."""
+    from cpmc_plugin.torch_pruning.graph import remembering_groups
+
+    from .random_cnns import random_cnn
+
+    model, x = random_cnn(seed)
+    with remembering_groups() as calls:
+        pruner = CPMCPruner(model, x, flops_reduction=0.4, ignored_layers=[model.head])
+    repaired = any(
+        getattr(node.module, "_cpmc_live_mapping", False) for node in pruner.DG.module2node.values()
+    )  # then the groups are read again, with the repaired concatenation maps
+    assert len(calls) == (2 if repaired else 1)  # else only the host's
+    reused = pruner.plan()
+    pruner._units_cache, pruner._model_cache, pruner._host_groups = None, None, None
+    again = pruner.plan()
+    assert reused.removals == again.removals
+    assert reused.cost == again.cost

@@ -3,8 +3,10 @@ concatenation index maps."""
 
 from __future__ import annotations
 
+import contextlib
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,8 +19,10 @@ from ..core.probe import forward_once
 __all__ = [
     "GraphSnapshot",
     "PruneSnapshot",
+    "SeenGroups",
     "build_graph",
     "describe_host_failure",
+    "remembering_groups",
     "repair_concat_mappings",
 ]
 
@@ -184,3 +188,43 @@ class PruneSnapshot:
         """Put the model's modules and tensors, and the graph's maps, back."""
         self.model.restore()
         self.graph.restore()
+
+
+@dataclass
+class SeenGroups:
+    """The groups a ``DependencyGraph.get_all_groups`` call yielded, and its arguments."""
+
+    graph: tp.DependencyGraph
+    ignored_layers: Any
+    root_module_types: Any
+    groups: list[tp.Group]
+    finished: bool = False
+
+
+@contextlib.contextmanager
+def remembering_groups() -> Iterator[list[SeenGroups]]:
+    """Keep the groups every ``get_all_groups`` call inside the block yields.
+
+    torch-pruning's ``BasePruner.__init__`` reads every group once to count channels
+    and drops them; a pruner that reads the same groups next can take these instead
+    of deriving each group (and its concatenation index maps) a second time. The
+    host's method is wrapped for the duration of the block only.
+    """
+    real = tp.DependencyGraph.get_all_groups
+    seen: list[SeenGroups] = []
+
+    def get_all_groups(self: tp.DependencyGraph, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        names = ("ignored_layers", "root_module_types")
+        bound = dict(zip(names, args, strict=False)) | kwargs
+        record = SeenGroups(self, bound.get("ignored_layers"), bound.get("root_module_types"), [])
+        seen.append(record)
+        for group in real(self, *args, **kwargs):
+            record.groups.append(group)
+            yield group
+        record.finished = True
+
+    tp.DependencyGraph.get_all_groups = get_all_groups
+    try:
+        yield seen
+    finally:
+        tp.DependencyGraph.get_all_groups = real

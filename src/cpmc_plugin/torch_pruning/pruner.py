@@ -41,7 +41,12 @@ from ._ranking import _isomorphic_quantiles, _next_planning_target
 from .calibration import CalibrationReport, calibrate_pruner
 from .cost_model import GroupUnits, build_cost_model, map_calls, remeasure_sites
 from .counting import HostTally, _count, _Counts, host_counter
-from .graph import PruneSnapshot, describe_host_failure, repair_concat_mappings
+from .graph import (
+    PruneSnapshot,
+    describe_host_failure,
+    remembering_groups,
+    repair_concat_mappings,
+)
 from .importance import CPMCImportance, RankingScope
 from .planning import Plan
 from .removal import Removal, groups_in_order
@@ -185,6 +190,7 @@ class CPMCPruner(tp.pruner.BasePruner):
                     record_calls(model) as calls,
                     recording_signature(model) as traced,
                     host_counter(model) as tally,
+                    remembering_groups() as seen,  # the groups the host reads to count
                 ):
                     super().__init__(
                         model,
@@ -222,8 +228,20 @@ class CPMCPruner(tp.pruner.BasePruner):
         self._units_cache: tuple[Any, list[GroupUnits]] | None = None
         self._granularity = 0.0
         self._model_cache: tuple[Any, Any] | None = None
+        self._host_groups = next(
+            (
+                record.groups
+                for record in seen
+                if record.graph is self.DG
+                and record.finished
+                and record.ignored_layers is self.ignored_layers
+                and record.root_module_types is self.root_module_types
+            ),
+            None,
+        )
         self._sites = map_calls(self.DG, calls)
         self._probe: _Probe | None = probe
+        self._initial_shapes = shape_signature(model)  # the shapes the host's groups saw
         self._positions = positions_by_module(own_calls)  # the trace may see an unbatched call
         self._initial = initial
         self._latest: _Counts | None = initial  # None: pruned since the last count
@@ -315,16 +333,22 @@ class CPMCPruner(tp.pruner.BasePruner):
         signature = shape_signature(self.model)
         if self._units_cache is not None and self._units_cache[0] == signature:
             return self._units_cache[1]
-        repair_concat_mappings(self.DG)  # before any group is read: see its docstring
+        repaired = repair_concat_mappings(self.DG)  # before groups are read: see its docstring
+        groups = self._host_groups  # those the host read while constructing, if still valid
+        self._host_groups = None
+        if groups is None or repaired or signature != self._initial_shapes:
+            groups = list(
+                self.DG.get_all_groups(
+                    ignored_layers=self.ignored_layers, root_module_types=self.root_module_types
+                )
+            )
         calls: dict[nn.Module, int] = {}
         for site in self._sites:
             calls[site.module] = calls.get(site.module, 0) + 1
         reused = {m for m, n in calls.items() if n > 1}
         units = []
         self._unprunable: list[str] = []  # groups left whole, for the error messages
-        for group in self.DG.get_all_groups(
-            ignored_layers=self.ignored_layers, root_module_types=self.root_module_types
-        ):
+        for group in groups:
             n = len(group[0].idxs)
             ch_groups = self._get_channel_groups(group)
             if ch_groups < 1 or n % ch_groups:
