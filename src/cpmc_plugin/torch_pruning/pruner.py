@@ -131,6 +131,17 @@ class CPMCPruner(tp.pruner.BasePruner):
         >>> pruner.step()
         >>> round(pruner.report().macs_reduction, 2) >= 0.5
         True
+
+        CPMC's options chosen from data at the budget (``cpmc-auto``):
+
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+        ...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        ...                           torch.nn.Linear(8, 2))
+        >>> data = [(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1]))] * 2
+        >>> pruner = CPMCPruner(net, torch.randn(1, 3, 16, 16), flops_reduction=0.3,
+        ...                     ignored_layers=[net[4]], calibration_data=data)
+        >>> len(pruner.calibration.candidates), type(pruner.importance).__name__
+        (44, 'CPMCImportance')
     """
 
     def __init__(
