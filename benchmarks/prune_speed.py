@@ -209,6 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     meta = provenance()  # the code timed: git_commit plus the src diff of src_diff_sha1
     results = [bench_model(name, args.repeats, args.seed, args.image_size) for name in args.models]
     print(table(results))
+    for result in results:
+        verdict = (
+            "met" if result["goal_met"] else f"missed by {100 * (result['ratio'] / GOAL - 1):.0f} %"
+        )
+        print(f"{result['model']}: {result['ratio']:.2f}x, goal <= {GOAL}x {verdict}")
     if args.breakdown:
         for result in results:
             name = result["model"]
