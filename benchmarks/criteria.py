@@ -694,6 +694,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"data: {data['name']}, {data['sizes']}; training on {env.device}")
     results: list[dict[str, Any]] = []
     previous = resumed(args)
+    if previous:  # the phases of the runs before add up with this one's
+        saved = json.loads(args.out.read_text()).get("phase_seconds", {})
+        for model, spent in saved.items():
+            if model != "total":
+                for phase, seconds in spent.items():
+                    phases.seconds[model][phase] += seconds
     out: dict[str, Any] = {
         "provenance": provenance(str(env.device)),
         "options": {
