@@ -91,6 +91,7 @@ from _common import (
     CACHE_DIR,
     RESULTS,
     cached_baseline,
+    git_state,
     log,
     provenance,
     relative,
@@ -355,6 +356,7 @@ def _prune_cell(
     row: dict[str, Any] = {
         "criterion": criterion,
         "rate": rate,
+        "git_commit": ctx["commit"],  # the code that measured this cell
         "importance": imp,
         "macs": int(macs),
         "params": int(params),
@@ -464,6 +466,7 @@ def run_model(
         "phases": phases,
         "base_macs": base_macs,
         "base_params": base_params,
+        "commit": git_state()["git_commit"],
     }
     rows = {(r["criterion"], r["rate"]): r for r in result["rows"]}
     pruned: dict[tuple[str, float], nn.Module] = {}
@@ -694,8 +697,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"data: {data['name']}, {data['sizes']}; training on {env.device}")
     results: list[dict[str, Any]] = []
     previous = resumed(args)
+    earlier: list[dict[str, Any]] = []
     if previous:  # the phases of the runs before add up with this one's
-        saved = json.loads(args.out.read_text()).get("phase_seconds", {})
+        before = json.loads(args.out.read_text())
+        earlier = [*before.get("earlier_runs", []), before["provenance"]]
+        saved = before.get("phase_seconds", {})
         for model, spent in saved.items():
             if model != "total":
                 for phase, seconds in spent.items():
@@ -711,6 +717,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "protocol": __doc__.split("\n\n")[1],
         },
         "results": results,
+        "earlier_runs": earlier,  # the provenance of every run --resume continued
     }
 
     def save() -> None:
