@@ -146,6 +146,20 @@ def test_scores_are_cpmc_importance() -> None:
     torch.testing.assert_close(metrics["layer3.0.conv1"]["weight"], importance(group))
 
 
+def test_per_cost_scores_are_cpmc_importances_per_cost_scores() -> None:
+    model = resnet18()
+    pruner = CPMCPruner(model, GLOBAL, example_inputs=X64, combine="per-cost")
+    metrics = pruner._calculate_metrics(pruner._collect_data())["channel_scores"]
+    pruner.unwrap_model()
+    graph = tp.DependencyGraph().build_dependency(model, X64)
+    importance = CPMCImportance(X64, combine="per-cost")
+    groups = list(graph.get_all_groups(ignored_layers=[model.fc]))
+    importance.prepare(graph, groups)
+    group = next(g for g in groups if g[0].dep.target.module is model.layer3[0].conv1)
+    torch.testing.assert_close(metrics["layer3.0.conv1"]["weight"], importance(group))
+    assert (pruner.importance.alpha, pruner.importance.beta) == (0.0, 0.0)
+
+
 def test_dependency_group_id_gives_one_mask() -> None:
     net = build(ARCHS[0])
     names = ["features.0.0", "features.1.0"]  # both 32 output channels
@@ -298,6 +312,16 @@ def _same(model: nn.Module, snapshot) -> bool:
             r"flops_reduction must be in \(0, 1\)",
         ),
         ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], {"alpha": -1}, r"alpha must be"),
+        (
+            [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}],
+            {"combine": "product"},
+            r"combine must be one of 'additive', 'per-cost'",
+        ),
+        (
+            [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}],
+            {"combine": "per-cost", "beta": 0.5},
+            r"leave alpha and beta at 0",
+        ),
     ],
 )
 def test_bad_config_is_refused_and_the_model_untouched(config, options, match) -> None:
