@@ -16,12 +16,11 @@ import torch_pruning as tp
 from torch.utils._pytree import tree_map
 
 from ..core.budget import CostTerm
-from ..core.probe import forward_once
 
 if TYPE_CHECKING:
     from .cost_model import CostModel
 
-__all__ = ["OpaqueCall", "capture_opaque_calls", "opaque_call_hooks", "opaque_layers"]
+__all__ = ["OpaqueCall", "opaque_call_hooks", "opaque_layers"]
 
 
 @dataclass
@@ -86,15 +85,6 @@ def opaque_call_hooks(layers: Sequence[nn.Module]) -> Iterator[dict[nn.Module, l
     finally:
         for handle in handles:
             handle.remove()
-
-
-def capture_opaque_calls(
-    model: nn.Module, example_inputs: Any, layers: Sequence[nn.Module]
-) -> dict[nn.Module, list[OpaqueCall]]:
-    """The inputs of every call of ``layers`` in one eval-mode forward of ``model``."""
-    with opaque_call_hooks(layers) as calls:
-        forward_once(model, example_inputs)
-    return {layer: found for layer, found in calls.items() if found}
 
 
 class _Bound(nn.Module):

@@ -311,8 +311,6 @@ def _score_candidates(
                 with torch.no_grad():
                     pruner._apply(plan)
                     params = params_before - sum(p.numel() for p in model.parameters())
-                    if plan.metric != "macs":
-                        macs_removed = 0.0
                     recalibrate_bn(model, split.recalibration, batches=len(split.recalibration))
                     score = proxy_score(model, split.held_out, loss_fn)
                 scores.append(

@@ -253,8 +253,8 @@ def build_cost_model(
     """The planner's model for ``metric`` ("macs" or "params") at the current shapes.
 
     ``layer_costs`` are per-sample counts of ``tp.utils.count_ops_and_params``, where a
-    module's count includes its children's. ``opaque_calls`` (from
-    :func:`capture_opaque_calls`) are the inputs of the layers to measure.
+    module's count includes its children's. ``opaque_calls`` (recorded by
+    ``_measured.opaque_call_hooks``) are the inputs of the layers to measure.
     """
     model = CostModel()
     for unit in units:
