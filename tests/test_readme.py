@@ -37,8 +37,19 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", ROOT / "examples" / "README.md", *sorted(ROOT.glob("docs/*.md"))]
 CONTINUES = re.compile(r"continuing the block above", re.IGNORECASE)
 # Modules a block may import only where its section names the extra that installs them.
-EXTRA_OF = {"torchvision": "vision", "nni": "nni", "cpmc_plugin.nni": "nni"}
-PACKAGE_OF_EXTRA = {"vision": "torchvision", "nni": "nni"}
+EXTRA_OF = {
+    "torchvision": "vision",
+    "nni": "nni",
+    "cpmc_plugin.nni": "nni",
+    "transformers": "transformers",
+    "timm": "timm",
+}
+PACKAGE_OF_EXTRA = {
+    "vision": "torchvision",
+    "nni": "nni",
+    "transformers": "transformers",
+    "timm": "timm",
+}
 # Distribution names of the base dependencies that import under another name.
 IMPORT_NAME = {"torch-pruning": "torch_pruning", "scikit-learn": "sklearn"}
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from .core.lazy import lazy_exports
 
 if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they load lazily
+    from .attention.options import head_options
     from .core.budget import UnreachableBudgetError
     from .core.cpmc import NORMALIZERS, combine_criteria, normalize
     from .core.presets import CPMCPreset, get_preset, list_presets
@@ -33,12 +34,15 @@ if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they lo
     from .torch_pruning.calibration import CalibrationReport, calibrate_importance
     from .torch_pruning.history import load_pruned, save_pruned
     from .torch_pruning.importance import CPMCImportance
+    from .torch_pruning.negative_concat import fixed_graphs
     from .torch_pruning.pruner import CPMCPruner
 
 #: public name -> the module (relative to this package) that defines it. A name is
 #: imported on first access (PEP 562), so ``import cpmc_plugin.core`` loads no host.
 _EXPORTS: dict[str, str] = {
     "CPMCPruner": ".torch_pruning.pruner",
+    "head_options": ".attention.options",
+    "fixed_graphs": ".torch_pruning.negative_concat",
     "CPMCImportance": ".torch_pruning.importance",
     "calibrate_importance": ".torch_pruning.calibration",
     "CalibrationReport": ".torch_pruning.calibration",
@@ -76,6 +80,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "fixed_graphs",
+    "head_options",
     "NORMALIZERS",
     "SPARSE_METHODS",
     "AuxiliaryClassifiers",

@@ -14,10 +14,11 @@ from nni.compression.base.compressor import Pruner
 from ..core.budget import remove_lowest
 from ..core.layers import ROOT_TYPES
 from ..core.validate import fraction
+from ..torch_pruning.attention_macs import attention_modules
 from ..torch_pruning.graph import build_graph, repair_concat_mappings
 from ..torch_pruning.host import Group
 from ..torch_pruning.importance import CPMCImportance, RankingScope
-from ..torch_pruning.indexing import positions_in, root_lookup
+from ..torch_pruning.indexing import item_positions, positions_in, root_lookup
 from ..torch_pruning.planning import plan_budget
 from ._units import (
     Setting,
@@ -122,6 +123,15 @@ class CPMCPruner(Pruner):
                 )
         if example_inputs is None:
             raise ValueError("example_inputs is required: CPMC traces the model with it")
+        attention = attention_modules(model, example_inputs)
+        if attention:
+            shown = ", ".join(attention[:3]) + (" and more" if len(attention) > 3 else "")
+            raise ValueError(
+                f"the NNI pruner covers CNNs, and this model computes attention ({shown}): "
+                "NNI 3.0's masks and speedup do not follow attention heads. Prune it with "
+                "cpmc_plugin.CPMCPruner(model, x, flops_reduction=..., "
+                "**cpmc_plugin.head_options(model)) instead"
+            )
         self.example_inputs = example_inputs
         check_selection(model, config_list)
         graph = build_graph(model, example_inputs)
@@ -291,7 +301,7 @@ class CPMCPruner(Pruner):
         for item in group:
             module = item.dep.target.module
             if id(module) in names and self._graph.is_out_channel_pruning_fn(item.dep.handler):
-                where = positions_in(lookup, item.root_idxs)
+                where = item_positions(lookup, item)
                 inside = where >= 0
                 if bool(inside.any()):
                     idxs = torch.as_tensor(item.idxs, dtype=torch.long).reshape(-1)

@@ -27,7 +27,7 @@ from ..core.probe import forward_once
 from ..torch_pruning.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
 from ..torch_pruning.graph import build_graph, repair_concat_mappings
 from ..torch_pruning.host import DependencyGraph, Group
-from ..torch_pruning.indexing import positions_in, root_lookup
+from ..torch_pruning.indexing import item_positions, root_lookup
 from ..torch_pruning.removal import (
     Removal,
     RemovalFailed,
@@ -118,7 +118,7 @@ def _masked_out(
         if not graph.is_out_channel_pruning_fn(item.dep.handler):
             continue
         gone = dropped.get(module, set())
-        where = positions_in(lookup, item.root_idxs)
+        where = item_positions(lookup, item)
         kept = torch.tensor([int(i) not in gone for i in item.idxs], dtype=torch.bool)
         removable[where[kept & (where >= 0)]] = False
     return removable

@@ -25,7 +25,7 @@ from ..core.proximal import soft_threshold
 from ..torch_pruning.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
 from ..torch_pruning.group_stats import is_out_item
 from ..torch_pruning.host import Group
-from ..torch_pruning.indexing import positions_in, root_lookup
+from ..torch_pruning.indexing import item_positions, root_lookup
 from ..torch_pruning.removal import Removal, apply_removals, plan_removal, validated
 from ._base import _REMOVAL_STACKLEVEL, GroupRegularizer
 
@@ -291,7 +291,7 @@ class BNFISTARegularizer(GroupRegularizer):
                 continue
             if bn not in self.norms or not self.scale:
                 return torch.zeros(size, dtype=torch.bool)
-            where = positions_in(lookup, item.root_idxs)
+            where = item_positions(lookup, item)
             inside = where >= 0
             at = where[inside]
             idxs = torch.as_tensor(item.idxs, dtype=torch.long).reshape(-1)[inside]

@@ -12,7 +12,7 @@ import torch_pruning as tp
 
 from ..core.budget import CostTerm
 from ..core.layers import ROOT_TYPES
-from .indexing import positions_in, root_lookup
+from .indexing import item_positions, root_lookup
 
 if TYPE_CHECKING:
     from .cost_model import CallSite, CostModel, GroupUnits, _Sources
@@ -57,8 +57,8 @@ def _ownership(
             continue
         if size is None:
             continue
-        where = positions_in(lookup, item.root_idxs)
-        where = where[where >= 0] % unit.size
+        where = item_positions(lookup, item)
+        where = unit.unit_index(where[where >= 0])
         counts = torch.bincount(where, minlength=unit.size)
         if unit.alias is not None:  # a set's indices all leave with its representative
             counts = torch.zeros_like(counts).index_add_(0, unit.alias, counts)

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from .group_stats import is_out_item
-from .indexing import positions_in, root_lookup
+from .indexing import item_positions, root_lookup
 
 __all__ = ["hidden_coupling", "misaligned_grouped_conv"]
 
@@ -44,7 +44,7 @@ def misaligned_grouped_conv(group: tp.Group, ch_groups: int, size: int) -> nn.Mo
         channels = module.out_channels if outgoing else module.in_channels
         period = channels // module.groups
         idxs = torch.as_tensor(item.idxs, dtype=torch.long)
-        where = positions_in(lookup, item.root_idxs)
+        where = item_positions(lookup, item)
         if (where < 0).any():
             return module  # indices that no unit owns: the grouping cannot be followed
         unit = where % size

@@ -3,14 +3,15 @@ per-layer caps, and the layer types its cost model covers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ..core.layers import POOLING_TYPES
-from ..core.validate import fraction
+from ..core.validate import flag, fraction
 
 __all__ = ["HOST_OPTIONS"]
 
@@ -46,7 +47,9 @@ _REFUSED = {
     "pruning_ratio": "the budget (flops_reduction or params_reduction) replaces it",
     "ch_sparsity": "the budget (flops_reduction or params_reduction) replaces it",
     "global_pruning": "a budget ranks all channels of the model globally, always",
-    "head_pruning_ratio": "attention heads are not yet units of the budget",
+    "head_pruning_ratio_dict": (
+        "the budget decides how many heads each layer loses; head_pruning_ratio caps it"
+    ),
 }
 
 
@@ -114,3 +117,71 @@ _MODELLED: tuple[type, ...] = (
     nn.Flatten,
     *POOLING_TYPES,
 )
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """The head options of :class:`~cpmc_plugin.CPMCPruner`, validated."""
+
+    num_heads: dict[nn.Module, int] = field(default_factory=dict)
+    prune_num_heads: bool = False
+    prune_head_dims: bool = False
+    cap: float | None = None  # head_pruning_ratio: at most this fraction of a layer's heads
+    uniform: tuple[tuple[nn.Module, ...], ...] = ()
+    hidden_divisible: bool = False  # keep the hidden width a multiple of the query heads
+
+
+def _modules(name: str, value: Any) -> tuple[nn.Module, ...]:
+    if isinstance(value, nn.Module) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of nn.Module, got {type(value).__name__}")
+    for module in value:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{name} must hold nn.Module, got {type(module).__name__}")
+    return tuple(value)
+
+
+def _head_options(
+    num_heads: Any,
+    prune_num_heads: Any,
+    prune_head_dims: Any,
+    cap: Any,
+    uniform: Any,
+    hidden_divisible: Any = False,
+) -> HeadOptions:
+    heads: dict[nn.Module, int] = {}
+    if num_heads is not None:
+        if not isinstance(num_heads, Mapping):
+            raise TypeError(
+                f"num_heads must be a dict {{projection: heads}}, got {type(num_heads).__name__}"
+            )
+        for module, n in num_heads.items():
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"num_heads keys must be nn.Module, got {type(module).__name__}")
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError(f"num_heads values must be int, got {type(n).__name__}")
+            if n < 1:
+                raise ValueError(f"num_heads values must be >= 1, got {n}")
+            heads[module] = n
+    by_heads = flag("prune_num_heads", bool(heads) if prune_num_heads is None else prune_num_heads)
+    by_dims = flag("prune_head_dims", prune_head_dims)
+    if by_heads and by_dims:
+        raise ValueError(
+            "prune_num_heads=True and prune_head_dims=True: under one budget a head goes "
+            "whole or its dims shrink, not both; choose one (the default prunes whole heads)"
+        )
+    if (by_heads or by_dims) and not heads:
+        raise ValueError(
+            "prune_num_heads or prune_head_dims needs num_heads={projection: heads}; "
+            "cpmc_plugin.head_options(model) returns it for the architectures it knows"
+        )
+    if cap is not None:
+        cap = fraction("head_pruning_ratio", cap, zero=True, one=False)
+    layers: tuple[tuple[nn.Module, ...], ...] = ()
+    if uniform is not None:
+        if isinstance(uniform, nn.Module) or not isinstance(uniform, (list, tuple)):
+            raise TypeError(
+                f"uniform_layers must be a list of lists of layers, got {type(uniform).__name__}"
+            )
+        layers = tuple(_modules("each entry of uniform_layers", entry) for entry in uniform)
+    divisible = flag("hidden_divisible_by_heads", hidden_divisible)
+    return HeadOptions(heads, by_heads, by_dims, cap, layers, divisible)

@@ -290,7 +290,9 @@ def _score_candidates(
     was_training = model.training
     latest, granularity = pruner._latest, pruner._granularity
     params_before = sum(p.numel() for p in model.parameters())
-    snapshot = PruneSnapshot(pruner.DG, clone_buffers=True)  # BN statistics change in place
+    snapshot = PruneSnapshot(
+        pruner.DG, clone_buffers=True, after_restore=pruner._shapes_changed
+    )  # BN statistics change in place
     seen: dict[tuple[Any, ...], int] = {}
     scores: list[CandidateScore] = []
     try:

@@ -29,6 +29,7 @@ from ..core.budget import ChannelGroup, CostTerm
 from ..core.probe import ModuleCall
 from ._cost_terms import _mac_terms, _ownership, _param_terms, _subtree_cost
 from ._measured import OpaqueCall, _measured_terms
+from .heads import HeadLayout
 
 __all__ = [
     "CallSite",
@@ -52,7 +53,8 @@ class CallSite:
 
 @dataclass(frozen=True)
 class GroupUnits:
-    """A host group seen as units: unit ``u`` is root channels ``u + k * size``, k < ch_groups.
+    """A host group seen as units: unit ``u`` is root channels ``u + k * size``, k < ch_groups,
+    or, for attention heads, the ``ch_groups`` channels of head ``u`` in every projection.
 
     ``alias[u]`` (where given) is the unit that stands for ``u``: the host removes the
     units of one alias set together (see
@@ -64,6 +66,37 @@ class GroupUnits:
     ch_groups: int
     size: int
     alias: torch.Tensor | None = None
+    #: attention heads as units (``unit_of`` then maps every root position to its head)
+    heads: HeadLayout | None = None
+
+    @property
+    def channels(self) -> int:
+        """Root positions of the group."""
+        return len(self.heads.unit_of) if self.heads is not None else self.size * self.ch_groups
+
+    def unit_index(self, positions: torch.Tensor) -> torch.Tensor:
+        """The unit of each root position."""
+        if self.heads is not None:
+            return self.heads.unit_of[positions]
+        return positions % self.size
+
+    def positions(self, units: torch.Tensor) -> torch.Tensor:
+        """The root positions of ``units``, sorted."""
+        if self.heads is not None:
+            return torch.nonzero(torch.isin(self.heads.unit_of, units)).flatten()
+        offsets = torch.arange(self.ch_groups) * self.size
+        return torch.sort((units[:, None] + offsets[None, :]).flatten()).values
+
+    def unit_scores(self, channel_scores: torch.Tensor) -> torch.Tensor:
+        """Each unit's mean channel score."""
+        if self.heads is None:
+            return channel_scores.view(self.ch_groups, self.size).mean(0)
+        unit_of = self.heads.unit_of
+        sums = torch.zeros(self.size, dtype=torch.float64).index_add_(
+            0, unit_of, channel_scores.double()
+        )
+        counts = torch.bincount(unit_of, minlength=self.size).clamp_min(1)
+        return (sums / counts).to(channel_scores.dtype)
 
     def members(self, units: torch.Tensor) -> torch.Tensor:
         """``units`` and every unit the host removes with them, sorted."""
@@ -124,7 +157,7 @@ class CostModel:
                     scores=s,
                     removable=max(u.size - f, 0),
                     owned=o,
-                    round_to=math.lcm(round_to, _heads_step(u)),
+                    round_to=_unit_rounding(u, round_to),
                     protected=protected,
                 )
             )
@@ -153,6 +186,13 @@ class CostModel:
             last = int(torch.searchsorted(taken, torch.tensor([need]))[0])
             protected[candidates[: last + 1]] = True
         return protected if bool(protected.any()) else None
+
+
+def _unit_rounding(unit: GroupUnits, round_to: int) -> int:
+    """Kept units in multiples of this keep channel counts multiples of ``round_to``."""
+    if unit.heads is not None:  # a head is head_dim channels
+        return round_to // math.gcd(round_to, unit.heads.head_dim)
+    return math.lcm(round_to, _heads_step(unit))
 
 
 def _heads_step(unit: GroupUnits) -> int:
@@ -249,12 +289,15 @@ def build_cost_model(
     total_cost: float,
     metric: str,
     opaque_calls: dict[nn.Module, list[OpaqueCall]] | None = None,
+    attention: dict[nn.Module, float] | None = None,
 ) -> CostModel:
     """The planner's model for ``metric`` ("macs" or "params") at the current shapes.
 
     ``layer_costs`` are per-sample counts of ``tp.utils.count_ops_and_params``, where a
     module's count includes its children's. ``opaque_calls`` (recorded by
     ``_measured.opaque_call_hooks``) are the inputs of the layers to measure.
+    ``attention`` holds each module's own attention matmuls (QKᵀ and AV, per sample): they
+    scale with the kept outputs of the module's query projection.
     """
     model = CostModel()
     for unit in units:
@@ -291,10 +334,27 @@ def build_cost_model(
             for term in _mac_terms(graph, module, by_module[module], cost, model, sources):
                 model.terms.append(term)
                 modeled += term.cost
+    if metric == "macs":
+        for module, cost in (attention or {}).items():
+            query = _query_projection(graph, module)
+            dims: tuple[int, ...] = ()
+            if query is not None:
+                dims = (model.dim((id(query), "out"), query.out_features),)
+            model.terms.append(CostTerm(float(cost), dims))
+            modeled += float(cost)
     rest = total_cost - modeled
     if rest > 0:
         model.terms.append(CostTerm(rest, ()))
     return model
+
+
+def _query_projection(graph: tp.DependencyGraph, module: nn.Module) -> nn.Linear | None:
+    """The first traced linear layer inside an attention module: its query projection
+    (``q_proj``, ``query``, or a packed ``qkv``), whose heads QKᵀ and AV scale with."""
+    for sub in module.modules():
+        if sub is not module and isinstance(sub, nn.Linear) and sub in graph.module2node:
+            return sub
+    return None
 
 
 def _cost_atoms(root: nn.Module, layer_costs: dict[nn.Module, float]) -> list[nn.Module]:

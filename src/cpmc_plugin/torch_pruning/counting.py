@@ -1,4 +1,5 @@
-"""Counting a model's MACs and parameters as ``tp.utils.count_ops_and_params`` does.
+"""Counting a model's MACs and parameters as ``tp.utils.count_ops_and_params`` does, plus
+the attention matmuls (QKᵀ, AV) it misses (:mod:`.attention_macs`).
 
 Two ways, with the same numbers:
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -33,15 +34,30 @@ from torch.utils._pytree import tree_map
 from torch_pruning.utils import count_ops_and_params
 from torch_pruning.utils import op_counter as _host
 
+from ..core.probe import forward_once
+from .attention_macs import AttentionTally, counting_attention
+
 __all__ = ["HostTally", "_Counts", "_count", "count_ops_and_params", "host_counter"]
 
 
 @dataclass(frozen=True)
 class _Counts:
+    """Per-sample MACs (the host's count plus the attention matmuls it misses) and
+    parameters, with each layer's share; ``attention`` holds each module's own
+    attention matmuls (see :mod:`~cpmc_plugin.torch_pruning.attention_macs`)."""
+
     macs: float
     params: float
     layer_macs: dict[nn.Module, float]
     layer_params: dict[nn.Module, float]
+    attention: dict[nn.Module, float] = field(default_factory=dict)
+
+    def with_attention(self, attention: dict[nn.Module, float]) -> _Counts:
+        """These counts with ``attention``'s matmuls added to the total."""
+        if not attention:
+            return self
+        total = self.macs + sum(attention.values())
+        return replace(self, macs=total, attention=dict(attention))
 
 
 def _meta_twin(model: nn.Module, example_inputs: Any) -> tuple[nn.Module, Any]:
@@ -81,11 +97,19 @@ def _count_eval(model: nn.Module, example_inputs: Any) -> _Counts:
         pairs = list(zip(model.modules(), twin.modules(), strict=True))
         layer_macs = {m: twin_macs.get(t) for m, t in pairs}
         layer_params = {m: twin_params.get(t) for m, t in pairs}
+        with counting_attention(twin) as tally:
+            forward_once(twin, inputs)
+        back = {t: m for m, t in pairs}
+        attention = {back[t]: v for t, v in tally.per_sample().items()}
     except Exception:
         macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
             model, example_inputs, layer_wise=True
         )
-    return _per_sample(model, float(macs), float(params), layer_macs, layer_params)
+        with counting_attention(model) as tally:
+            forward_once(model, example_inputs)
+        attention = tally.per_sample()
+    counts = _per_sample(model, float(macs), float(params), layer_macs, layer_params)
+    return counts.with_attention(attention)
 
 
 def _per_sample(
@@ -154,6 +178,7 @@ class HostTally:
         self.model = model
         self.stands: dict[nn.Module, _Stand] = {}
         self.batch = 0
+        self.attention = AttentionTally()
 
     def counts(self) -> _Counts:
         """The counts ``tp.utils.count_ops_and_params(model, x, layer_wise=True)`` gives
@@ -175,12 +200,14 @@ class HostTally:
         macs = flops / self.batch if self.batch else 0.0
         layer_params = _layer_params(self.model)
         params = layer_params[self.model]
-        return _per_sample(self.model, float(macs), float(params), layer_flops, layer_params)
+        counts = _per_sample(self.model, float(macs), float(params), layer_flops, layer_params)
+        return counts.with_attention(self.attention.per_sample())
 
 
 @contextlib.contextmanager
 def host_counter(model: nn.Module) -> Iterator[HostTally]:
-    """Count MACs with torch-pruning's own layer hooks during the forwards run in the block.
+    """Count MACs with torch-pruning's own layer hooks during the forwards run in the block
+    (and the attention matmuls the host misses, see :class:`_Counts`).
 
     The hooks and layer types are the host's (``MODULES_MAPPING`` and its custom
     mapping); the batch size is that of the model's first positional input, as the
@@ -222,7 +249,8 @@ def host_counter(model: nn.Module) -> Iterator[HostTally]:
     handles.append(model.register_forward_hook(batch))
     handles.append(model.register_forward_hook(leave, always_call=True))
     try:
-        yield tally
+        with counting_attention(model) as tally.attention:
+            yield tally
     finally:
         for handle in handles:
             handle.remove()

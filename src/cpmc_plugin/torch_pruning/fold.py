@@ -34,7 +34,7 @@ import torch_pruning as tp
 
 from ..core.probe import forward_once
 from .group_stats import is_out_item
-from .indexing import positions_in, root_lookup
+from .indexing import item_positions, root_lookup
 
 __all__ = [
     "Fold",
@@ -132,7 +132,7 @@ def plan_folds(
     plan = FoldPlan(foldable=chosen.clone())
     for item in readers(group):
         layer = item.dep.target.module
-        where = positions_in(lookup, item.root_idxs).tolist()
+        where = item_positions(lookup, item).tolist()
         for idx, at in zip(item.idxs, where, strict=True):
             if at < 0 or not bool(chosen[at]):
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ import torch_pruning as tp
 
 from ..core.atomic import ModelSnapshot
 from ..core.probe import forward_once
+from .negative_concat import unmap_non_channel_concats
 
 __all__ = [
     "GraphSnapshot",
@@ -59,7 +60,9 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     try:
         model.eval()
         with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs)
+        unmap_non_channel_concats(graph)
+        return graph
     except Exception as error:
         raise ValueError(describe_host_failure(error)) from error
     finally:
@@ -180,14 +183,24 @@ class PruneSnapshot:
     """A :class:`~cpmc_plugin.core.atomic.ModelSnapshot` of the graph's model and a
     :class:`GraphSnapshot` of the graph: :meth:`restore` undoes a prune completely."""
 
-    def __init__(self, graph: tp.DependencyGraph, *, clone_buffers: bool = False) -> None:
+    def __init__(
+        self,
+        graph: tp.DependencyGraph,
+        *,
+        clone_buffers: bool = False,
+        after_restore: Callable[[], None] | None = None,
+    ) -> None:
         self.model = ModelSnapshot(graph.model, clone_buffers=clone_buffers)
         self.graph = GraphSnapshot(graph)
+        self.after_restore = after_restore
 
     def restore(self) -> None:
-        """Put the model's modules and tensors, and the graph's maps, back."""
+        """Put the model's modules and tensors, and the graph's maps, back; then call
+        ``after_restore`` (state derived from the shapes, such as a shared config)."""
         self.model.restore()
         self.graph.restore()
+        if self.after_restore is not None:
+            self.after_restore()
 
 
 @dataclass

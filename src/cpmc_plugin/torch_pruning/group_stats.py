@@ -18,7 +18,7 @@ import torch_pruning as tp
 
 from ..core.cpmc import channel_norm
 from ..core.layers import AFFINE_TYPES, ROOT_TYPES
-from .indexing import positions_in, root_lookup
+from .indexing import item_positions, root_lookup
 
 __all__ = ["GroupStats", "group_stats", "is_out_item"]
 
@@ -59,6 +59,8 @@ def _out_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | N
             norms = [(channel_norm(weight, p, dim=0), int(weight[0].numel()))]
     elif isinstance(layer, nn.Linear):
         norms = [(channel_norm(layer.weight, p, dim=0), layer.in_features)]
+    elif isinstance(layer, nn.Embedding):  # output channel c is column c of the table
+        norms = [(channel_norm(layer.weight, p, dim=1), layer.num_embeddings)]
     elif isinstance(layer, AFFINE_TYPES):
         scale = getattr(layer, "weight", None)
         if not isinstance(scale, torch.Tensor):
@@ -91,6 +93,55 @@ def _in_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | No
     return None
 
 
+def _attention_norms(
+    layer: nn.MultiheadAttention, p: float, rows: bool
+) -> list[tuple[torch.Tensor, int]] | None:
+    """``nn.MultiheadAttention`` over its embedding channels, as the host prunes it (rows
+    and columns go together, whichever side the group reaches it from).
+
+    Channel ``c`` owns row ``c`` of each of the q, k and v blocks of ``in_proj_weight`` and
+    row ``c`` of ``out_proj``, with their biases (``rows``); it is consumed by column ``c``
+    of both (not ``rows``).
+    """
+    packed = layer.in_proj_weight
+    if packed is None:  # separate q/k/v weights (kdim or vdim differ): not scored
+        return None
+    embed = layer.embed_dim
+    out = layer.out_proj.weight
+    if not rows:
+        return [
+            (channel_norm(packed, p, dim=1), 3 * embed),
+            (channel_norm(out, p, dim=1), embed),
+        ]
+    norms = [
+        (channel_norm(packed.reshape(3, embed, -1), p, dim=1), 3 * packed.shape[1]),
+        (channel_norm(out, p, dim=0), out.shape[1]),
+    ]
+    for bias in (layer.in_proj_bias, layer.out_proj.bias):
+        if isinstance(bias, torch.Tensor):
+            norms.append((channel_norm(bias.reshape(-1, embed), p, dim=1), bias.numel() // embed))
+    return norms
+
+
+def _accumulate(
+    acc: dict[str, torch.Tensor],
+    layer: nn.Module,
+    norms: list[tuple[torch.Tensor, int]],
+    outgoing: bool,
+    where: torch.Tensor,
+    idxs: torch.Tensor,
+    positions: Mapping[nn.Module, int] | None,
+) -> None:
+    spots = float(positions.get(layer, 0)) if positions is not None else 0.0
+    value_key, params_key, macs_key = ("ov", "op", "om") if outgoing else ("iv", "ip", "im")
+    for per_channel, per_row in norms:
+        acc[value_key].index_add_(0, where, per_channel[idxs].double())
+        acc[params_key].index_add_(0, where, torch.full((len(where),), float(per_row)).double())
+        acc[macs_key].index_add_(
+            0, where, torch.full((len(where),), float(per_row) * spots, dtype=torch.float64)
+        )
+
+
 def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: float) -> GroupStats:
     """Weight values and costs of every root channel of ``group``.
 
@@ -102,30 +153,32 @@ def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: f
     acc = {k: torch.zeros(n, dtype=torch.float64) for k in ("ov", "iv", "op", "ip", "om", "im")}
     producers = 0
     unsupported: list[str] = []
+    seen: set[nn.Module] = set()
     for item in group:
         layer = item.dep.target.module
         if not isinstance(layer, nn.Module) or not item.idxs:
             continue
-        where = positions_in(lookup, item.root_idxs)
+        where = item_positions(lookup, item)
         if (where < 0).any():
             continue  # index outside the root's channels (partial group): nothing to score
         idxs = torch.as_tensor(item.idxs, dtype=torch.long)
         outgoing = is_out_item(group, item.dep.handler)
-        norms = _out_norms(layer, p) if outgoing else _in_norms(layer, p)
-        if norms is None:
-            if any(True for _ in layer.parameters(recurse=False)):
-                unsupported.append(type(layer).__name__)
-            continue
-        if outgoing and isinstance(layer, ROOT_TYPES):
-            producers += 1
-        spots = float(positions.get(layer, 0)) if positions is not None else 0.0
-        value_key, params_key, macs_key = ("ov", "op", "om") if outgoing else ("iv", "ip", "im")
-        for per_channel, per_row in norms:
-            acc[value_key].index_add_(0, where, per_channel[idxs].double())
-            acc[params_key].index_add_(0, where, torch.full((len(where),), float(per_row)).double())
-            acc[macs_key].index_add_(
-                0, where, torch.full((len(where),), float(per_row) * spots, dtype=torch.float64)
-            )
+        if isinstance(layer, nn.MultiheadAttention):
+            if layer in seen:
+                continue  # the host prunes its rows and columns from either item
+            seen.add(layer)
+            sides = [(True, _attention_norms(layer, p, rows=True))]
+            sides.append((False, _attention_norms(layer, p, rows=False)))
+        else:
+            sides = [(outgoing, _out_norms(layer, p) if outgoing else _in_norms(layer, p))]
+        for outgoing, norms in sides:
+            if norms is None:
+                if any(True for _ in layer.parameters(recurse=False)):
+                    unsupported.append(type(layer).__name__)
+                continue
+            _accumulate(acc, layer, norms, outgoing, where, idxs, positions)
+            if outgoing and isinstance(layer, ROOT_TYPES):
+                producers += 1
     return GroupStats(
         out_value=acc["ov"],
         in_value=acc["iv"],

@@ -34,6 +34,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..attention.shapes import sync_shape_attributes
+from .negative_concat import unmap_non_channel_concats
+
 __all__ = ["FORMAT", "load_pruned", "plain_history", "replay_history", "save_pruned"]
 
 FORMAT = "cpmc-plugin/pruned-model/v1"
@@ -67,7 +70,9 @@ def replay_history(model: nn.Module, history: Sequence[Any], example_inputs: Any
     if not history:
         return
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    unmap_non_channel_concats(graph)
     graph.load_pruning_history(copy.deepcopy(list(history)))
+    sync_shape_attributes(model)  # a transformer's hidden_dim, heads and config follow
 
 
 def save_pruned(

@@ -7,6 +7,7 @@ itself, so that this folder stays the only one that imports the host.
 - ``Dependency``: one edge of the graph (``dep.target.module``, ``dep.handler``).
 - ``Group``: coupled channels; ``group[0]`` is the root item, every item has
   ``idxs`` and ``root_idxs``.
+- ``GroupItem``: one ``(dep, idxs)`` item of a group.
 - ``Importance``: ``importance(group)`` gives one score per root channel (or ``None``).
 - ``BasePruner``, ``MetaPruner``: the host's pruners.
 
@@ -19,7 +20,16 @@ Example:
 from __future__ import annotations
 
 from torch_pruning import Dependency, DependencyGraph, Group
+from torch_pruning._helpers import GroupItem
 from torch_pruning.pruner import BasePruner, MetaPruner
 from torch_pruning.pruner.importance import Importance
 
-__all__ = ["BasePruner", "Dependency", "DependencyGraph", "Group", "Importance", "MetaPruner"]
+__all__ = [
+    "BasePruner",
+    "Dependency",
+    "DependencyGraph",
+    "Group",
+    "GroupItem",
+    "Importance",
+    "MetaPruner",
+]

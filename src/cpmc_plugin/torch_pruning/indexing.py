@@ -23,12 +23,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .host import Group
 
-__all__ = ["positions_in", "root_lookup"]
+__all__ = ["item_positions", "positions_in", "root_lookup"]
 
 
 def root_lookup(group: Group) -> torch.Tensor:
@@ -55,3 +56,16 @@ def positions_in(lookup: torch.Tensor, idxs: Sequence[int] | torch.Tensor) -> to
     where = torch.full_like(roots, -1)
     where[inside] = lookup[roots[inside]]
     return where
+
+
+def item_positions(lookup: torch.Tensor, item: Any) -> torch.Tensor:
+    """:func:`positions_in` for a group item: one position per index in ``item.idxs``.
+
+    torch-pruning leaves ``root_idxs`` as ``None`` on items it reaches through a
+    many-to-one mapping (grouped-query attention's key/value heads, which several query
+    heads read): no root channel owns them, so their positions are ``-1``.
+    """
+    roots = item.root_idxs
+    if roots is None:
+        return torch.full((len(item.idxs),), -1, dtype=torch.long)
+    return positions_in(lookup, [-1 if r is None else r for r in roots])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from tqdm.auto import tqdm
 
+from ..attention.shapes import sync_shape_attributes
 from ..core.atomic import (
     RunFailure,
     RunSignature,
@@ -24,8 +25,10 @@ from ..core.atomic import (
 )
 from ..core.budget import UnreachableBudgetError, lowest_cost, plan_removal
 from ..core.layers import ROOT_TYPES
+from ..core.pinning import pin_removal, refine_plan
 from ..core.probe import forward_once, positions_by_module, record_calls
 from ..core.report import LayerChannels, PruneReport
+from ..core.ties import TiedGroups, tie_groups
 from ..core.validate import flag, fraction, function, integer, optional_integer
 from ._coupling import hidden_coupling, misaligned_grouped_conv
 from ._measured import opaque_call_hooks, opaque_layers
@@ -33,6 +36,7 @@ from ._options import (
     _MODELLED,
     HOST_OPTIONS,
     _check_finite,
+    _head_options,
     _layer_caps,
     _resolve_budget,
     _why_refused,
@@ -47,7 +51,9 @@ from .graph import (
     remembering_groups,
     repair_concat_mappings,
 )
+from .heads import class_members, head_layout, is_attention, uniform_members
 from .importance import CPMCImportance, RankingScope
+from .negative_concat import fixed_graphs
 from .planning import Plan
 from .removal import Removal, groups_in_order
 
@@ -82,6 +88,41 @@ class _Probe:
         return self.tally.counts()
 
 
+def _hidden_pin(
+    units: list[GroupUnits], groups: list[Any], removed: list[torch.Tensor]
+) -> tuple[int, torch.Tensor] | None:
+    """The hidden channels to pin so that the hidden width is a multiple of the heads the
+    plan keeps, or ``None`` when it already is one (Hugging Face configs require
+    ``hidden_size % num_attention_heads == 0`` when they are loaded).
+
+    The hidden group is the one that holds the query projections' in-channels; its
+    weakest channels are pinned (see :mod:`cpmc_plugin.core.pinning`), the kept width
+    rounded up, so that the finer units (MLP channels, heads) meet the budget around it.
+    """
+    heads = [(u, r) for u, r in zip(units, removed, strict=True) if u.heads is not None]
+    if not heads:
+        return None
+    queries = {m for u, _ in heads for m in u.heads.queries}  # type: ignore[union-attr]
+    kept_heads = min(u.size - len(r) for u, r in heads)
+    for i, (unit, gone) in enumerate(zip(units, removed, strict=True)):
+        graph = unit.group._DG
+        if unit.heads is not None or not any(
+            item.dep.target.module in queries
+            and not graph.is_out_channel_pruning_fn(item.dep.handler)
+            for item in unit.group
+        ):
+            continue
+        step = kept_heads // math.gcd(kept_heads, unit.ch_groups)  # in units of the group
+        kept = unit.size - len(gone)
+        if kept % step == 0:
+            return None
+        # kept rounded up: the other units make up the rest of the budget (rounding down
+        # could only overshoot it)
+        kept = min(unit.size, -(-kept // step) * step)
+        return i, groups[i].candidates[: unit.size - kept]
+    return None
+
+
 class CPMCPruner(tp.pruner.BasePruner):
     """Rank all channels of the model globally and prune to an exact FLOPs or parameter budget.
 
@@ -113,6 +154,22 @@ class CPMCPruner(tp.pruner.BasePruner):
             ``weight_dependency`` are kept).
         calibration_batches: how many batches of ``calibration_data`` to use (>= 2):
             half re-measure BatchNorm statistics, half score each candidate.
+        num_heads: ``{projection: heads}`` for the query, key and value projections (or
+            one packed ``qkv`` projection) of each attention layer, as for the host; then
+            heads are units of the budget. :func:`~cpmc_plugin.head_options` returns it.
+        prune_num_heads: a head goes whole (its channels in every projection and the
+            output projection's inputs): the default when ``num_heads`` is given. Under
+            grouped-query attention every key/value head stays and each loses the same
+            number of query heads.
+        prune_head_dims: shrink every head by the same channels instead (``nn.MultiheadAttention``
+            needs it: its heads live in the hidden width). Not with ``prune_num_heads``.
+        head_pruning_ratio: at most this fraction of any layer's heads goes (default:
+            ``max_pruning_ratio``); 0 keeps every head.
+        uniform_layers: lists of layers whose groups must keep the same width (e.g. every
+            layer's query projection, every MLP's first layer): one Hugging Face config
+            describes them all.
+        hidden_divisible_by_heads: keep the hidden width a multiple of the query heads
+            kept (Hugging Face configs check it when loaded).
         **host_options: passed to torch-pruning (``customized_pruners``,
             ``unwrapped_parameters``, ``root_module_types``, ``forward_fn``,
             ``output_transform``, ``in_channel_groups``, ``out_channel_groups``).
@@ -159,6 +216,12 @@ class CPMCPruner(tp.pruner.BasePruner):
         finetune_fn: Callable[[nn.Module, int], Any] | None = None,
         calibration_data: Iterable[Any] | None = None,
         calibration_batches: int = 8,
+        num_heads: Mapping[nn.Module, int] | None = None,
+        prune_num_heads: bool | None = None,
+        prune_head_dims: bool = False,
+        head_pruning_ratio: float | None = None,
+        uniform_layers: Sequence[Sequence[nn.Module]] | None = None,
+        hidden_divisible_by_heads: bool = False,
         **host_options: Any,
     ) -> None:
         unknown = sorted(set(host_options) - HOST_OPTIONS)
@@ -176,6 +239,14 @@ class CPMCPruner(tp.pruner.BasePruner):
         integer("calibration_batches", calibration_batches, minimum=2)
         if finetune_fn is not None:
             function("finetune_fn", finetune_fn, call="finetune_fn(model, step)")
+        heads = _head_options(
+            num_heads,
+            prune_num_heads,
+            prune_head_dims,
+            head_pruning_ratio,
+            uniform_layers,
+            hidden_divisible_by_heads,
+        )
         isomorphic = flag("isomorphic", host_options.pop("isomorphic", False))
         caps = _layer_caps(host_options.pop("pruning_ratio_dict", None))
         if importance is None:
@@ -202,6 +273,7 @@ class CPMCPruner(tp.pruner.BasePruner):
                     recording_signature(model) as traced,
                     host_counter(model) as tally,
                     remembering_groups() as seen,  # the groups the host reads to count
+                    fixed_graphs(),  # RoPE's negative-dim concat would hang the grouping
                 ):
                     super().__init__(
                         model,
@@ -212,6 +284,9 @@ class CPMCPruner(tp.pruner.BasePruner):
                         iterative_steps=iterative_steps,
                         ignored_layers=list(ignored_layers) if ignored_layers is not None else None,
                         round_to=round_to,
+                        num_heads=dict(heads.num_heads),
+                        prune_num_heads=heads.prune_num_heads,
+                        prune_head_dims=heads.prune_head_dims,
                         **host_options,
                     )
             except Exception as error:
@@ -235,6 +310,10 @@ class CPMCPruner(tp.pruner.BasePruner):
         self.example_inputs = example_inputs
         self.finetune_fn = finetune_fn
         self.isomorphic = isomorphic
+        self._heads = heads
+        self._head_dims = {  # channels per head in each projection (3 x head_dim if packed)
+            m: m.out_features // n for m, n in heads.num_heads.items() if isinstance(m, nn.Linear)
+        }
         self._caps = caps
         self._units_cache: tuple[Any, list[GroupUnits]] | None = None
         self._granularity = 0.0
@@ -361,6 +440,14 @@ class CPMCPruner(tp.pruner.BasePruner):
         self._unprunable: list[str] = []  # groups left whole, for the error messages
         for group in groups:
             n = len(group[0].idxs)
+            if self._heads.num_heads and is_attention(self.DG, group, self.num_heads):
+                layout = head_layout(self.DG, group, self.num_heads)
+                if self._heads.prune_num_heads:  # whole heads, or the group stays whole
+                    if layout is not None:
+                        units.append(GroupUnits(group, layout.head_dim, layout.heads, heads=layout))
+                    continue
+                if not self._heads.prune_head_dims or layout is None:
+                    continue
             ch_groups = self._get_channel_groups(group)
             if ch_groups < 1 or n % ch_groups:
                 ch_groups = 1
@@ -395,6 +482,10 @@ class CPMCPruner(tp.pruner.BasePruner):
             initial = self.layer_init_out_ch.get(unit) or self.DG.get_out_channels(unit) or 1
             return max(1, math.ceil(initial * (1 - self._max_ratio(unit)) - 1e-9))
         module = unit.group[0].dep.target.module
+        if unit.heads is not None:  # in heads, capped by head_pruning_ratio
+            initial_heads = self.init_num_heads.get(module, unit.size)
+            cap = self._max_ratio(module) if self._heads.cap is None else self._heads.cap
+            return min(max(1, math.ceil(initial_heads * (1 - cap) - 1e-9)), unit.size)
         initial = self.layer_init_out_ch.get(module) or len(unit.group[0].idxs)
         cap = self._max_ratio(module)
         floor = max(1, math.ceil(initial / unit.ch_groups * (1 - cap) - 1e-9))
@@ -430,7 +521,9 @@ class CPMCPruner(tp.pruner.BasePruner):
                     forward_once(self.model, self.example_inputs)
             calls = {m: found for m, found in probe.opaque.items() if found}
             sites = remeasure_sites(sites, probe.calls)
-        model = build_cost_model(self.DG, units, sites, layer, total, self.metric, calls)
+        model = build_cost_model(
+            self.DG, units, sites, layer, total, self.metric, calls, counts.attention
+        )
         self._model_cache = (key, model)
         return model
 
@@ -453,6 +546,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         scores = [torch.zeros(u.size) for u in units]
         floors = [self._floor(u) for u in units]
         groups = model.channel_groups(units, scores, floors, self._rounding, self._floor)
+        groups = self._tied(units, groups).groups
         best = lowest_cost(groups, dim_sizes=model.dim_sizes, terms=model.terms)
         if best > self.target_cost():
             error = self._unreachable(best)
@@ -498,10 +592,10 @@ class CPMCPruner(tp.pruner.BasePruner):
             if imp is None:
                 continue
             imp = torch.as_tensor(imp).detach().float().cpu().flatten()
-            if len(imp) != unit.size * unit.ch_groups:
+            if len(imp) != unit.channels:
                 raise ValueError(
                     f"the importance returned {len(imp)} scores for a group of "
-                    f"{unit.size * unit.ch_groups} channels"
+                    f"{unit.channels} channels"
                 )
             if not torch.isfinite(imp).all():
                 raise ValueError(
@@ -509,7 +603,7 @@ class CPMCPruner(tp.pruner.BasePruner):
                     f"{self.DG._module2name.get(unit.group[0].dep.target.module, '?')}"
                 )
             kept.append(unit)
-            scores.append(imp.view(unit.ch_groups, unit.size).mean(0))
+            scores.append(unit.unit_scores(imp))
         if self.isomorphic:
             scores = _isomorphic_quantiles(self.DG, kept, scores)
         return kept, scores
@@ -532,7 +626,7 @@ class CPMCPruner(tp.pruner.BasePruner):
     def _apply_step(self, step: int) -> None:
         """Plan, apply, check and count step ``step``; re-plan against the measured count
         while it is off target; restore the model and raise on any failure."""
-        snapshot = PruneSnapshot(self.DG)
+        snapshot = PruneSnapshot(self.DG, after_restore=self._shapes_changed)
         before = self._current
         target = self.target_cost(step)
         tried: list[tuple[float, float]] = []  # (planning target, measured cost)
@@ -574,6 +668,15 @@ class CPMCPruner(tp.pruner.BasePruner):
         for _, group in groups_in_order(self.DG, plan.removals, self._check_group):
             group.prune()
             self._latest = None  # counted when next needed
+        self._shapes_changed()
+
+    def _shapes_changed(self) -> None:
+        """After a prune or a restore: the host's head counts and the model's own shape
+        attributes (ViT's ``hidden_dim``, a Hugging Face config, ...) follow the layers."""
+        for module, per_head in self._head_dims.items():
+            self.num_heads[module] = module.out_features // per_head
+            self.out_channel_groups[module] = self.num_heads[module]
+        sync_shape_attributes(self.model)
 
     def _check_group(self, removal: Removal, group: tp.Group) -> None:
         """Refuse a planned group that reaches the model's output or would empty a layer."""
@@ -644,13 +747,14 @@ class CPMCPruner(tp.pruner.BasePruner):
         except Exception:
             self.current_step -= 1  # nothing was pruned: the step did not happen
             raise
-        snapshot = PruneSnapshot(self.DG)
+        snapshot = PruneSnapshot(self.DG, after_restore=self._shapes_changed)
         before = self._latest
         try:
             for _, group in groups_in_order(self.DG, plan.removals, self._check_group):
                 yield group
                 self._latest = None  # counted when next needed: report() or the next step
                 self._pruned_step = self.current_step
+            self._shapes_changed()
             self._check_runs()
         except GeneratorExit:
             raise  # the caller stopped early: what it pruned stays pruned
@@ -659,6 +763,27 @@ class CPMCPruner(tp.pruner.BasePruner):
             self._latest = before
             self.current_step -= 1
             raise
+
+    def _tied(self, units: list[GroupUnits], groups: list[Any]) -> TiedGroups:
+        """The planner's groups with grouped-query attention's key/value groups and
+        ``uniform_layers`` tied (see :mod:`cpmc_plugin.core.ties`)."""
+        members: list[list[tuple[int, torch.Tensor]]] = []
+        for i, unit in enumerate(units):
+            if unit.heads is not None and unit.heads.classes > 1:
+                members.append(class_members(unit.heads, i))
+            else:
+                members.append([(i, torch.arange(unit.size))])
+        ties = [m for m in members if len(m) > 1]
+        if self._heads.uniform:
+            merged: list[list[tuple[int, torch.Tensor]]] = []
+            taken: set[int] = set()
+            for indices in uniform_members(self._heads.uniform, [u.group for u in units], self.DG):
+                indices = [i for i in indices if i not in taken]
+                taken.update(indices)
+                if len(indices) > 1:
+                    merged.append([m for i in indices for m in members[i]])
+            ties = [m for m in ties if m[0][0] not in taken] + merged
+        return tie_groups(groups, ties)
 
     def plan(self, step: int | None = None) -> Plan:
         """Plan step ``step`` (default: the next one) on the model as it is now.
@@ -676,22 +801,39 @@ class CPMCPruner(tp.pruner.BasePruner):
         floors = [self._floor(u) for u in units]
         groups = model.channel_groups(units, scores, floors, self._rounding, self._floor)
         target = self._planning_target(step)
-        try:
-            budget = plan_removal(
-                groups, dim_sizes=model.dim_sizes, terms=model.terms, target_cost=target
+        pins: dict[int, torch.Tensor] = {}
+        for _ in range(4):  # re-planned while the hidden width is no multiple of the heads
+            pinned, sizes, terms = pin_removal(groups, model.dim_sizes, model.terms, pins)
+            tied = self._tied(units, pinned)
+            try:
+                budget = plan_removal(tied.groups, dim_sizes=sizes, terms=terms, target_cost=target)
+            except UnreachableBudgetError as error:
+                raise self._unreachable(error.best_cost) from None
+            removed, cost = budget.removed, budget.cost
+            if self._heads.num_heads:  # heads and tied widths are coarse units: meet the
+                # budget around them with the fine ones (see refine_plan)
+                initial = self._initial.macs if self.metric == "macs" else self._initial.params
+                removed, cost = refine_plan(
+                    tied.groups, sizes, terms, target, budget, tolerance=0.8 * TOLERANCE * initial
+                )
+            removed_units = tied.expand(removed)
+            for index, units_gone in pins.items():
+                removed_units[index] = torch.sort(units_gone).values
+            pin = (
+                _hidden_pin(units, groups, removed_units) if self._heads.hidden_divisible else None
             )
-        except UnreachableBudgetError as error:
-            raise self._unreachable(error.best_cost) from None
+            if pin is None:
+                break
+            pins = dict([pin])
         self._granularity = budget.granularity
         removals = []
-        for unit, removed, floor in zip(units, budget.removed, floors, strict=True):
-            if len(removed) == 0:
+        for unit, gone, floor in zip(units, removed_units, floors, strict=True):
+            if len(gone) == 0:
                 continue
-            if unit.size - len(removed) < floor:
+            if unit.size - len(gone) < floor:
                 raise RuntimeError("internal error: the plan breaks a per-layer floor")
-            offsets = torch.arange(unit.ch_groups) * unit.size
-            removed = unit.members(removed)  # with the units the host removes with them
-            positions = (removed[:, None] + offsets[None, :]).flatten()
+            # with the units the host removes with them
+            positions = unit.positions(unit.members(gone))
             roots = torch.as_tensor(unit.group[0].root_idxs)[positions]
             pairs = sorted(zip(roots.tolist(), positions.tolist(), strict=True))
             root = unit.group[0].dep
@@ -702,13 +844,14 @@ class CPMCPruner(tp.pruner.BasePruner):
                     tuple(int(r) for r, _ in pairs),
                     tuple(int(p) for _, p in pairs),
                     self.DG._module2name.get(root.target.module, ""),
+                    unit.heads.kept if unit.heads is not None else (),
                 )
             )
         return Plan(
             removals=tuple(removals),
             metric=self.metric,
             target_cost=float(target),
-            cost=float(budget.cost),
+            cost=float(cost),
             base_cost=float(budget.base_cost),
             granularity=float(budget.granularity),
         )

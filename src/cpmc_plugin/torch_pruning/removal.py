@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ..core.proximal import group_norms
+from .host import GroupItem
 from .weight_groups import WeightGroups
 
 __all__ = [
@@ -51,6 +52,9 @@ class Removal:
     idxs: tuple[int, ...]
     positions: tuple[int, ...]  # the same channels as positions in the group's root order
     name: str = ""  # the module's name in the graph, for messages ("" when unknown)
+    #: layers whose out-channels the group reaches but keeps (grouped-query attention's
+    #: key/value projections, which several query heads read)
+    kept: tuple[nn.Module, ...] = ()
 
 
 def plan_removal(group: tp.Group, remove: torch.Tensor, priority: torch.Tensor) -> Removal | None:
@@ -123,9 +127,21 @@ def groups_in_order(
     """
     for r in removals:
         group = graph.get_pruning_group(r.module, r.handler, list(r.idxs))
+        if r.kept:
+            _leave_out(graph, group, r.kept)
         if check is not None:
             check(r, group)
         yield r, group
+
+
+def _leave_out(graph: tp.DependencyGraph, group: tp.Group, kept: Sequence[nn.Module]) -> None:
+    """Empty the group's out-channel items of ``kept`` (as the host's own pruner does for
+    grouped-query attention), so that pruning the group leaves those layers whole."""
+    for i, item in enumerate(group):
+        if item.dep.target.module in kept and graph.is_out_channel_pruning_fn(item.dep.handler):
+            empty = GroupItem(dep=item.dep, idxs=[])
+            empty.root_idxs = []
+            group[i] = empty
 
 
 def prune_in_order(

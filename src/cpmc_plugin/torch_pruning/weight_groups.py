@@ -24,7 +24,7 @@ import torch_pruning as tp
 
 from ..core.layers import AFFINE_TYPES
 from .group_stats import is_out_item
-from .indexing import positions_in, root_lookup
+from .indexing import item_positions, root_lookup
 
 __all__ = ["WeightGroups"]
 
@@ -145,7 +145,7 @@ class WeightGroups:
                 if names is None:
                     unsupported.add(type(layer).__name__)
                     continue
-                where = positions_in(lookup, item.root_idxs)
+                where = item_positions(lookup, item)
                 idxs = torch.as_tensor(item.idxs, dtype=torch.long)[where >= 0]
                 where = where[where >= 0] + offset  # roots outside this group: not its channels
                 for name in names:
