@@ -68,6 +68,14 @@ TINY_ARGS: dict[str, list[str]] = {
         "--finetune-epochs", "1", "--threads", "1", "--cache-dir", "{tmp}/cache",
         "--out", "{tmp}/sparse_training.json",
     ],
+    "transformer_scale": [
+        "--layers", "1", "--tokens", "8", "--vocab", "512", "--out", "{tmp}/transformer_scale.json",
+    ],
+    "transformers_quality": [
+        "--task", "lm", "--lm-steps", "2", "--finetune-steps", "1", "--seeds", "0",
+        "--rates", "0.3", "--criteria", "l1", "cpmc-auto", "--cache-dir", "{tmp}/cache",
+        "--out", "{tmp}/transformers_quality.json",
+    ],
 }  # fmt: skip
 
 FAKE_HOST_TEST = """
