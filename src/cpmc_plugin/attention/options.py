@@ -19,6 +19,11 @@ def logits_of(output: Any) -> Any:
     return output.logits
 
 
+def _attr(module: Any, name: str) -> Any:
+    """An attribute of a module whose class this file does not import."""
+    return getattr(module, name)
+
+
 def _linear(module: Any, name: str) -> nn.Linear | None:
     layer = getattr(module, name, None)
     return layer if isinstance(layer, nn.Linear) else None
@@ -44,7 +49,7 @@ def _torchvision_vit(model: nn.Module) -> dict[str, Any] | None:
 
 def _timm_vit(model: nn.Module) -> dict[str, Any] | None:
     attention: dict[nn.Module, int] = {
-        m.qkv: int(m.num_heads)
+        _attr(m, "qkv"): int(_attr(m, "num_heads"))
         for m in model.modules()
         if _linear(m, "qkv") is not None and isinstance(getattr(m, "num_heads", None), int)
     }
@@ -118,7 +123,7 @@ def _hf_bert_like(model: nn.Module) -> dict[str, Any] | None:
         for projection in (attention.query, attention.key, attention.value):
             heads[projection] = n
     mlps = [
-        m.intermediate.dense
+        _attr(m, "intermediate").dense
         for m in model.modules()
         if _linear(getattr(m, "intermediate", None), "dense") is not None
     ]

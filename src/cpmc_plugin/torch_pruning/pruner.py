@@ -88,6 +88,22 @@ class _Probe:
         return self.tally.counts()
 
 
+def _tied_weights(model: nn.Module, graph: tp.DependencyGraph) -> list[tuple[nn.Module, nn.Module]]:
+    """``(owner, follower)`` for layers sharing one ``weight`` (tied embeddings): pruning
+    leaves the follower out and ties it to the owner's pruned weight again, so that the
+    pruned model keeps one tensor (and one copy in memory while it is pruned)."""
+    owners: dict[int, nn.Module] = {}
+    pairs = []
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or module not in graph.module2node:
+            continue
+        owner = owners.setdefault(id(weight), module)
+        if owner is not module:
+            pairs.append((owner, module))
+    return pairs
+
+
 def _hidden_pin(
     units: list[GroupUnits], groups: list[Any], removed: list[torch.Tensor]
 ) -> tuple[int, torch.Tensor] | None:
@@ -311,6 +327,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         self.finetune_fn = finetune_fn
         self.isomorphic = isomorphic
         self._heads = heads
+        self._tied_pairs = _tied_weights(model, self.DG)
         self._head_dims = {  # channels per head in each projection (3 x head_dim if packed)
             m: m.out_features // n for m, n in heads.num_heads.items() if isinstance(m, nn.Linear)
         }
@@ -670,9 +687,21 @@ class CPMCPruner(tp.pruner.BasePruner):
             self._latest = None  # counted when next needed
         self._shapes_changed()
 
+    def _kept_layers(self, unit: GroupUnits) -> tuple[nn.Module, ...]:
+        """Layers of ``unit``'s group that its prune leaves alone: grouped-query attention's
+        key/value projections, and layers whose weight follows a tied one."""
+        kept = unit.heads.kept if unit.heads is not None else ()
+        inside = {item.dep.target.module for item in unit.group}
+        followers = tuple(f for o, f in self._tied_pairs if f in inside and o in inside)
+        return tuple(kept) + followers
+
     def _shapes_changed(self) -> None:
-        """After a prune or a restore: the host's head counts and the model's own shape
-        attributes (ViT's ``hidden_dim``, a Hugging Face config, ...) follow the layers."""
+        """After a prune or a restore: tied weights tied again, the host's head counts and
+        the model's own shape attributes (ViT's ``hidden_dim``, a Hugging Face config, ...)
+        follow the layers."""
+        for owner, follower in self._tied_pairs:
+            if follower.weight is not owner.weight:
+                follower.weight = owner.weight
         for module, per_head in self._head_dims.items():
             self.num_heads[module] = module.out_features // per_head
             self.out_channel_groups[module] = self.num_heads[module]
@@ -844,7 +873,7 @@ class CPMCPruner(tp.pruner.BasePruner):
                     tuple(int(r) for r, _ in pairs),
                     tuple(int(p) for _, p in pairs),
                     self.DG._module2name.get(root.target.module, ""),
-                    unit.heads.kept if unit.heads is not None else (),
+                    self._kept_layers(unit),
                 )
             )
         return Plan(

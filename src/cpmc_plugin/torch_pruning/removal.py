@@ -52,8 +52,9 @@ class Removal:
     idxs: tuple[int, ...]
     positions: tuple[int, ...]  # the same channels as positions in the group's root order
     name: str = ""  # the module's name in the graph, for messages ("" when unknown)
-    #: layers whose out-channels the group reaches but keeps (grouped-query attention's
-    #: key/value projections, which several query heads read)
+    #: layers the group reaches but leaves as they are: grouped-query attention's key/value
+    #: projections (several query heads read them), and a layer whose weight is tied to
+    #: another layer's (an LM head tied to its embeddings), which is re-tied afterwards
     kept: tuple[nn.Module, ...] = ()
 
 
@@ -135,10 +136,10 @@ def groups_in_order(
 
 
 def _leave_out(graph: tp.DependencyGraph, group: tp.Group, kept: Sequence[nn.Module]) -> None:
-    """Empty the group's out-channel items of ``kept`` (as the host's own pruner does for
-    grouped-query attention), so that pruning the group leaves those layers whole."""
+    """Empty the group's items of ``kept`` (as the host's own pruner does for grouped-query
+    attention), so that pruning the group leaves those layers as they are."""
     for i, item in enumerate(group):
-        if item.dep.target.module in kept and graph.is_out_channel_pruning_fn(item.dep.handler):
+        if item.dep.target.module in kept:
             empty = GroupItem(dep=item.dep, idxs=[])
             empty.root_idxs = []
             group[i] = empty
