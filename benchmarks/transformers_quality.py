@@ -227,6 +227,45 @@ def prune(task: Any, model: nn.Module, criterion: str, rate: float) -> tuple[flo
     return pruner.report().macs_reduction, time.perf_counter() - started, chosen
 
 
+# ------------------------------------------------------------------------------ report
+def report(result: dict[str, Any]) -> str:
+    """Markdown: per rate and criterion, MACs removed, the metric without and after the
+    fine-tune (mean ± sample std over the seeds) and the criterion's rank at that rate."""
+    metric = "accuracy" if "accuracy" in result["baseline"] else "perplexity"
+    higher = metric == "accuracy"
+    lines = [
+        f"Baseline {metric}: {result['baseline'][metric]:.2f}. Rank 1 = best of the rate "
+        f"({'higher' if higher else 'lower'} is better), by the fine-tuned mean.",
+        "",
+        f"| rate | criterion | MACs removed | {metric}, no fine-tune | {metric}, fine-tuned "
+        "(mean ± std) | seeds | rank |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    cells = result["cells"]
+    for rate in sorted({c["rate"] for c in cells}):
+        rows = []
+        for criterion in dict.fromkeys(c["criterion"] for c in cells if c["rate"] == rate):
+            mine = [c for c in cells if c["rate"] == rate and c["criterion"] == criterion]
+            once = next((c for c in mine if c["seed"] is None), None)
+            tuned = [c[metric] for c in mine if c["seed"] is not None]
+            mean = sum(tuned) / len(tuned) if tuned else float("nan")
+            std = (
+                (sum((v - mean) ** 2 for v in tuned) / (len(tuned) - 1)) ** 0.5
+                if len(tuned) > 1
+                else float("nan")
+            )
+            rows.append((criterion, once, mean, std, len(tuned)))
+        order = sorted((r for r in rows if r[4]), key=lambda r: -r[2] if higher else r[2])
+        for criterion, once, mean, std, n in rows:
+            rank = order.index(next(r for r in order if r[0] == criterion)) + 1 if n else "n/a"
+            removed = f"{100 * once['macs_reduction']:.2f} %" if once else "n/a"
+            plain = f"{once[metric]:.2f}" if once else "n/a"
+            tuned = f"{mean:.2f} ± {std:.2f}" if n > 1 else (f"{mean:.2f}" if n else "n/a")
+            row = [f"{100 * rate:.0f}%", criterion, removed, plain, tuned, str(n), str(rank)]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -241,7 +280,11 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=CACHE, help="trained baselines")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="print --out's tables")
     args = parser.parse_args()
+    if args.report_only:
+        print(report(json.loads(args.out.read_text())))
+        return
     torch.set_num_threads(args.threads)
     task = VitTask(args) if args.task == "vit" else LmTask(args)
     result: dict[str, Any] = {"cells": []}

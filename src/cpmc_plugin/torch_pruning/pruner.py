@@ -50,6 +50,7 @@ from .graph import (
     describe_host_failure,
     remembering_groups,
     repair_concat_mappings,
+    shapes_only_autograd,
 )
 from .heads import class_members, head_layout, is_attention, uniform_members
 from .importance import CPMCImportance, RankingScope
@@ -290,6 +291,7 @@ class CPMCPruner(tp.pruner.BasePruner):
                     host_counter(model) as tally,
                     remembering_groups() as seen,  # the groups the host reads to count
                     fixed_graphs(),  # RoPE's negative-dim concat would hang the grouping
+                    shapes_only_autograd(),  # the traced graph keeps no activations
                 ):
                     super().__init__(
                         model,
