@@ -7,7 +7,6 @@ itself, so that this folder stays the only one that imports the host.
 - ``Dependency``: one edge of the graph (``dep.target.module``, ``dep.handler``).
 - ``Group``: coupled channels; ``group[0]`` is the root item, every item has
   ``idxs`` and ``root_idxs``.
-- ``GroupItem``: one ``(dep, idxs)`` item of a group.
 - ``Importance``: ``importance(group)`` gives one score per root channel (or ``None``).
 - ``BasePruner``, ``MetaPruner``: the host's pruners.
 
@@ -20,7 +19,6 @@ Example:
 from __future__ import annotations
 
 from torch_pruning import Dependency, DependencyGraph, Group
-from torch_pruning._helpers import GroupItem
 from torch_pruning.pruner import BasePruner, MetaPruner
 from torch_pruning.pruner.importance import Importance
 
@@ -29,7 +27,6 @@ __all__ = [
     "Dependency",
     "DependencyGraph",
     "Group",
-    "GroupItem",
     "Importance",
     "MetaPruner",
 ]
