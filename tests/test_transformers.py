@@ -271,3 +271,21 @@ def test_save_pruned_and_load_pruned_rebuild_a_gqa_model(tmp_path) -> None:
         model.model.layers[0].self_attn.num_key_value_groups
     )
     assert torch.equal(logits(loaded(x)), logits(model(x)))
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.7])
+def test_timm_attention_is_modelled_as_the_host_counts_it(rate: float) -> None:
+    pytest.importorskip("timm")
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(
+        img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=96, depth=2,
+        num_heads=4, mlp_ratio=2.0,
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 1, 28, 28)
+    pruner = CPMCPruner(vit, x, flops_reduction=rate, **head_options(vit))
+    plan = pruner.plan()
+    pruner.step()
+    assert plan.cost == pytest.approx(_count(vit, x).macs, rel=1e-9)  # the first plan held
+    assert abs(pruner.report().macs_reduction - rate) <= 0.005

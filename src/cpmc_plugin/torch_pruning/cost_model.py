@@ -328,8 +328,13 @@ def build_cost_model(
         for site in sites:
             by_module.setdefault(site.module, []).append(site)
         for module in _cost_atoms(graph.model, layer_costs):
-            if module in inside or module not in by_module:
-                continue  # measured with its layer, or not modelled (in the rest)
+            if module in inside:
+                continue  # measured with its layer
+            if module not in by_module:  # a module the host counts with its own rule
+                found = _timm_attention_terms(module, by_module, layer_costs, model)
+                model.terms.extend(found)
+                modeled += sum(t.cost for t in found)
+                continue  # else not modelled (in the rest)
             cost = float(layer_costs.get(module) or 0.0)
             for term in _mac_terms(graph, module, by_module[module], cost, model, sources):
                 model.terms.append(term)
@@ -346,6 +351,45 @@ def build_cost_model(
     if rest > 0:
         model.terms.append(CostTerm(rest, ()))
     return model
+
+
+def _timm_attention_terms(
+    module: nn.Module,
+    by_module: dict[nn.Module, list[CallSite]],
+    layer_costs: dict[nn.Module, float],
+    model: CostModel,
+) -> list[CostTerm]:
+    """The host's own count of a timm ``Attention`` (packed ``qkv``, ``proj``), as terms.
+
+    torch-pruning counts it by one rule (``timm_multihead_attention_counter_hook``), not
+    as its layers: with ``q = qkv.out_features / 3`` and ``L`` tokens, ``3 L D q`` for the
+    projections (``D`` its inputs), ``L q`` for the scaling and ``3 L q`` for the bias,
+    ``2 L^2 q + heads L^2`` for QKᵀ, softmax and AV, and ``L q (q + 1)`` for ``proj``. Those
+    scale with ``qkv``'s kept inputs and outputs; when they do not add up to the count,
+    nothing is returned (the count stays in the planner's constant rest).
+    """
+    qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
+    heads = getattr(module, "num_heads", None)
+    sites = by_module.get(qkv) if isinstance(qkv, nn.Linear) else None
+    if not isinstance(proj, nn.Linear) or not isinstance(heads, int) or not sites:
+        return []
+    tokens = float(sites[0].positions)
+    width, q = float(qkv.in_features), qkv.out_features / 3.0
+    projections = 3 * tokens * width * q
+    linear = tokens * q + (3 * tokens * q if qkv.bias is not None else 0.0)
+    linear += 2 * tokens * tokens * q + heads * tokens * tokens + tokens * q
+    square = tokens * q * q
+    if abs(projections + linear + square - float(layer_costs.get(module) or 0.0)) > 1e-6 * (
+        projections + linear + square
+    ):
+        return []
+    into = model.dim((id(qkv), "in"), qkv.in_features)
+    out = model.dim((id(qkv), "out"), qkv.out_features)
+    return [
+        CostTerm(projections, (into, out)),
+        CostTerm(linear, (out,)),
+        CostTerm(square, (out, out)),
+    ]
 
 
 def _query_projection(graph: tp.DependencyGraph, module: nn.Module) -> nn.Linear | None:
