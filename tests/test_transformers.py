@@ -155,7 +155,7 @@ def test_save_pretrained_round_trip(kind: str, tmp_path) -> None:
     )
     loaded.eval()
     torch.testing.assert_close(logits(loaded(x)), logits(model(x)), rtol=0, atol=0)
-    tokens = loaded.generate(x[:, :4], max_new_tokens=3, do_sample=False)
+    tokens = loaded.generate(x[:, :4], max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert tokens.shape == (1, 7)
 
 

@@ -36,6 +36,7 @@ from ..core.probe import forward_once
 __all__ = ["AttentionTally", "attention_modules", "counting_attention"]
 
 _MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm}
+_WATCHED = frozenset(_MATMULS | {F.scaled_dot_product_attention})
 
 
 def _matmul_macs(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -72,17 +73,17 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if self.stack and self.stack[-1] is not None:
-            macs = 0
-            if func in _MATMULS and len(args) >= 2:
-                a, b = args[0], args[1]
-                if _activations(a, b):
-                    macs = _matmul_macs(a, b)
-            elif func is F.scaled_dot_product_attention and len(args) >= 3:
+        if func not in _WATCHED or not self.stack or self.stack[-1] is None:
+            return func(*args, **kwargs)  # the common case first: every op passes here
+        macs = 0
+        if func is F.scaled_dot_product_attention:
+            if len(args) >= 3:
                 macs = _sdpa_macs(args[0], args[1], args[2])
-            if macs:
-                owner = self.stack[-1]
-                self.tally.raw[owner] = self.tally.raw.get(owner, 0) + int(macs)
+        elif len(args) >= 2 and _activations(args[0], args[1]):
+            macs = _matmul_macs(args[0], args[1])
+        if macs:
+            owner = self.stack[-1]
+            self.tally.raw[owner] = self.tally.raw.get(owner, 0) + int(macs)
         return func(*args, **kwargs)
 
 

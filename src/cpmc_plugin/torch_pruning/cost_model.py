@@ -370,8 +370,10 @@ def _timm_attention_terms(
     """
     qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
     heads = getattr(module, "num_heads", None)
-    sites = by_module.get(qkv) if isinstance(qkv, nn.Linear) else None
-    if not isinstance(proj, nn.Linear) or not isinstance(heads, int) or not sites:
+    if not isinstance(qkv, nn.Linear) or not isinstance(proj, nn.Linear):
+        return []
+    sites = by_module.get(qkv)
+    if not isinstance(heads, int) or not sites:
         return []
     tokens = float(sites[0].positions)
     width, q = float(qkv.in_features), qkv.out_features / 3.0

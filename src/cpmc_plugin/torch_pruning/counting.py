@@ -72,23 +72,24 @@ def _meta_twin(model: nn.Module, example_inputs: Any) -> tuple[nn.Module, Any]:
     return copy.deepcopy(model, memo), inputs
 
 
-def _count(model: nn.Module, example_inputs: Any) -> _Counts:
+def _count(model: nn.Module, example_inputs: Any, attention: bool = True) -> _Counts:
     """``tp.utils.count_ops_and_params`` of ``model``, layer by layer.
 
     The host counter deep-copies the model and runs it; running it on a meta-device
     twin gives the same counts without copying weights or computing anything.
     Models that cannot run on the meta device are counted as they are. The count
     runs in eval mode (BatchNorm statistics stay put); the mode is restored.
+    ``attention=False`` skips the attention matmuls (for a model known to have none).
     """
     was_training = model.training
     model.eval()
     try:
-        return _count_eval(model, example_inputs)
+        return _count_eval(model, example_inputs, attention)
     finally:
         model.train(was_training)
 
 
-def _count_eval(model: nn.Module, example_inputs: Any) -> _Counts:
+def _count_eval(model: nn.Module, example_inputs: Any, attention_too: bool) -> _Counts:
     try:
         twin, inputs = _meta_twin(model, example_inputs)
         macs, params, twin_macs, twin_params = tp.utils.count_ops_and_params(
@@ -97,17 +98,21 @@ def _count_eval(model: nn.Module, example_inputs: Any) -> _Counts:
         pairs = list(zip(model.modules(), twin.modules(), strict=True))
         layer_macs = {m: twin_macs.get(t) for m, t in pairs}
         layer_params = {m: twin_params.get(t) for m, t in pairs}
-        with counting_attention(twin) as tally:
-            forward_once(twin, inputs)
-        back = {t: m for m, t in pairs}
-        attention = {back[t]: v for t, v in tally.per_sample().items()}
+        attention = {}
+        if attention_too:
+            with counting_attention(twin) as tally:
+                forward_once(twin, inputs)
+            back = {t: m for m, t in pairs}
+            attention = {back[t]: v for t, v in tally.per_sample().items()}
     except Exception:
         macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
             model, example_inputs, layer_wise=True
         )
-        with counting_attention(model) as tally:
-            forward_once(model, example_inputs)
-        attention = tally.per_sample()
+        attention = {}
+        if attention_too:
+            with counting_attention(model) as tally:
+                forward_once(model, example_inputs)
+            attention = tally.per_sample()
     counts = _per_sample(model, float(macs), float(params), layer_macs, layer_params)
     return counts.with_attention(attention)
 
@@ -205,7 +210,7 @@ class HostTally:
 
 
 @contextlib.contextmanager
-def host_counter(model: nn.Module) -> Iterator[HostTally]:
+def host_counter(model: nn.Module, attention: bool = True) -> Iterator[HostTally]:
     """Count MACs with torch-pruning's own layer hooks during the forwards run in the block
     (and the attention matmuls the host misses, see :class:`_Counts`).
 
@@ -213,7 +218,8 @@ def host_counter(model: nn.Module) -> Iterator[HostTally]:
     mapping); the batch size is that of the model's first positional input, as the
     host's batch counter reads it. A forward of the model that raises counts nothing
     (torch-pruning's tracer may try a call that fails first). After one forward in eval
-    mode, :meth:`HostTally.counts` equals the host's count exactly.
+    mode, :meth:`HostTally.counts` equals the host's count exactly. ``attention=False``
+    skips the attention matmuls (recording them costs every op a Python call).
     """
     tally = HostTally(model)
     handles = []
@@ -249,7 +255,10 @@ def host_counter(model: nn.Module) -> Iterator[HostTally]:
     handles.append(model.register_forward_hook(batch))
     handles.append(model.register_forward_hook(leave, always_call=True))
     try:
-        with counting_attention(model) as tally.attention:
+        if attention:
+            with counting_attention(model) as tally.attention:
+                yield tally
+        else:
             yield tally
     finally:
         for handle in handles:

@@ -279,6 +279,7 @@ class CPMCPruner(tp.pruner.BasePruner):
             )
         _check_finite(model)
 
+        self._attention = True  # until the first forward has shown whether there is any
         was_training = model.training
         model.eval()  # probing and tracing never touch BatchNorm statistics
         try:
@@ -325,6 +326,9 @@ class CPMCPruner(tp.pruner.BasePruner):
         finally:
             model.train(was_training)
         own_calls, initial = probe.calls, probe.counts()
+        # attention written as functions was seen in the first forward, or never will be:
+        # later forwards skip recording it (it costs every op a Python call)
+        self._attention = bool(initial.attention)
         self.example_inputs = example_inputs
         self.finetune_fn = finetune_fn
         self.isomorphic = isomorphic
@@ -516,7 +520,7 @@ class CPMCPruner(tp.pruner.BasePruner):
     def _current(self) -> _Counts:
         """Counts of the model as it is now (counted again only after a step)."""
         if self._latest is None:
-            self._latest = _count(self.model, self.example_inputs)
+            self._latest = _count(self.model, self.example_inputs, self._attention)
             self._warn_if_off_target(self._latest)
         return self._latest
 
@@ -554,7 +558,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         with (
             record_calls(model) as calls,
             opaque_call_hooks(opaque_layers(self.DG)) as opaque,
-            host_counter(model) as tally,
+            host_counter(model, attention=self._attention) as tally,
         ):
             yield (probe := _Probe(calls, opaque, tally))
         probe.shapes = shape_signature(model)
