@@ -96,11 +96,7 @@ def _config_widths(model: nn.Module) -> dict[str, list[int]]:
 
 
 def _hidden_size(model: nn.Module) -> int | None:
-    get = getattr(model, "get_input_embeddings", None)
-    try:
-        embeddings = get() if callable(get) else None
-    except (NotImplementedError, AttributeError):
-        embeddings = None
+    embeddings = _first_call(model, "get_input_embeddings")
     if isinstance(embeddings, nn.Embedding):
         return int(embeddings.embedding_dim)
     projection = getattr(embeddings, "projection", None)  # a ViT's patch embeddings

@@ -33,7 +33,7 @@ from torch_pruning.utils import op_counter as _host
 
 from ..core.probe import forward_once
 
-__all__ = ["AttentionTally", "attention_modules", "counting_attention"]
+__all__ = ["AttentionTally", "attention_matmuls", "attention_modules", "counting_attention"]
 
 _MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm}
 _WATCHED = frozenset(_MATMULS | {F.scaled_dot_product_attention})
@@ -155,6 +155,13 @@ def counting_attention(model: nn.Module) -> Iterator[AttentionTally]:
             handle.remove()
 
 
+def attention_matmuls(model: nn.Module, example_inputs: Any) -> dict[nn.Module, float]:
+    """Each module's attention matmuls in one forward on ``example_inputs``, per sample."""
+    with counting_attention(model) as tally:
+        forward_once(model, example_inputs)
+    return tally.per_sample()
+
+
 def attention_modules(model: nn.Module, example_inputs: Any) -> list[str]:
     """Names of the modules that compute attention: every ``nn.MultiheadAttention``, and
     every module whose forward on ``example_inputs`` multiplies two activations or calls
@@ -167,7 +174,5 @@ def attention_modules(model: nn.Module, example_inputs: Any) -> list[str]:
     """
     names = {m: n or type(m).__name__ for n, m in model.named_modules()}
     found: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
-    with counting_attention(model) as tally:
-        forward_once(model, example_inputs)
-    found += [m for m in tally.raw if m not in found]
+    found += [m for m in attention_matmuls(model, example_inputs) if m not in found]
     return [names[m] for m in found]

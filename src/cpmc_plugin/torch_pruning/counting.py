@@ -34,8 +34,7 @@ from torch.utils._pytree import tree_map
 from torch_pruning.utils import count_ops_and_params
 from torch_pruning.utils import op_counter as _host
 
-from ..core.probe import forward_once
-from .attention_macs import AttentionTally, counting_attention
+from .attention_macs import AttentionTally, attention_matmuls, counting_attention
 
 __all__ = ["HostTally", "_Counts", "_count", "count_ops_and_params", "host_counter"]
 
@@ -98,21 +97,14 @@ def _count_eval(model: nn.Module, example_inputs: Any, attention_too: bool) -> _
         pairs = list(zip(model.modules(), twin.modules(), strict=True))
         layer_macs = {m: twin_macs.get(t) for m, t in pairs}
         layer_params = {m: twin_params.get(t) for m, t in pairs}
-        attention = {}
-        if attention_too:
-            with counting_attention(twin) as tally:
-                forward_once(twin, inputs)
-            back = {t: m for m, t in pairs}
-            attention = {back[t]: v for t, v in tally.per_sample().items()}
+        back = {t: m for m, t in pairs}
+        found = attention_matmuls(twin, inputs) if attention_too else {}
+        attention = {back[t]: v for t, v in found.items()}
     except Exception:
         macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
             model, example_inputs, layer_wise=True
         )
-        attention = {}
-        if attention_too:
-            with counting_attention(model) as tally:
-                forward_once(model, example_inputs)
-            attention = tally.per_sample()
+        attention = attention_matmuls(model, example_inputs) if attention_too else {}
     counts = _per_sample(model, float(macs), float(params), layer_macs, layer_params)
     return counts.with_attention(attention)
 

@@ -22,11 +22,4 @@ from torch_pruning import Dependency, DependencyGraph, Group
 from torch_pruning.pruner import BasePruner, MetaPruner
 from torch_pruning.pruner.importance import Importance
 
-__all__ = [
-    "BasePruner",
-    "Dependency",
-    "DependencyGraph",
-    "Group",
-    "Importance",
-    "MetaPruner",
-]
+__all__ = ["BasePruner", "Dependency", "DependencyGraph", "Group", "Importance", "MetaPruner"]

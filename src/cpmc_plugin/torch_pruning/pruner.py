@@ -433,7 +433,7 @@ class CPMCPruner(tp.pruner.BasePruner):
     def target_cost(self, step: int | None = None) -> float:
         """MACs (or parameters) the model should have after ``step`` (default: the last)."""
         step = self.iterative_steps if step is None else step
-        initial = self._initial.macs if self.metric == "macs" else self._initial.params
+        initial = self._metric_of(self._initial)
         return initial * (1.0 - self.reduction * step / self.iterative_steps)
 
     def _planning_target(self, step: int) -> float:
@@ -588,7 +588,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         return int(self.round_to) if self.round_to else 1
 
     def _unreachable(self, best_cost: float) -> UnreachableBudgetError:
-        initial = self._initial.macs if self.metric == "macs" else self._initial.params
+        initial = self._metric_of(self._initial)
         best = 1.0 - best_cost / initial
         name = "flops_reduction" if self.metric == "macs" else "params_reduction"
         return UnreachableBudgetError(
@@ -639,7 +639,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         )
 
     def _tolerance(self) -> float:
-        initial = self._initial.macs if self.metric == "macs" else self._initial.params
+        initial = self._metric_of(self._initial)
         return max(TOLERANCE * initial, self._granularity)
 
     def _metric_of(self, counts: _Counts) -> float:
@@ -749,7 +749,7 @@ class CPMCPruner(tp.pruner.BasePruner):
             ) from failure.error
 
     def _missed(self, target: float, tried: list[tuple[float, float]]) -> ValueError:
-        initial = self._initial.macs if self.metric == "macs" else self._initial.params
+        initial = self._metric_of(self._initial)
         closest = min(tried, key=lambda t: abs(t[1] - target))[1] if tried else target
         odd = sorted(
             {
@@ -847,7 +847,7 @@ class CPMCPruner(tp.pruner.BasePruner):
             removed, cost = budget.removed, budget.cost
             if self._heads.num_heads:  # heads and tied widths are coarse units: meet the
                 # budget around them with the fine ones (see refine_plan)
-                initial = self._initial.macs if self.metric == "macs" else self._initial.params
+                initial = self._metric_of(self._initial)
                 removed, cost = refine_plan(
                     tied.groups, sizes, terms, target, budget, tolerance=0.8 * TOLERANCE * initial
                 )
@@ -896,8 +896,8 @@ class CPMCPruner(tp.pruner.BasePruner):
         return [(r.module, r.handler, list(r.idxs)) for r in self.plan(step).removals]
 
     def _warn_if_off_target(self, counts: _Counts) -> None:
-        initial = self._initial.macs if self.metric == "macs" else self._initial.params
-        now = counts.macs if self.metric == "macs" else counts.params
+        initial = self._metric_of(self._initial)
+        now = self._metric_of(counts)
         target = self.target_cost(self._pruned_step)
         if abs(now - target) > max(TOLERANCE * initial, self._granularity):
             warnings.warn(

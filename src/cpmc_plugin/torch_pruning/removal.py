@@ -128,13 +128,13 @@ def groups_in_order(
     for r in removals:
         group = graph.get_pruning_group(r.module, r.handler, list(r.idxs))
         if r.kept:
-            _leave_out(graph, group, r.kept)
+            _leave_out(group, r.kept)
         if check is not None:
             check(r, group)
         yield r, group
 
 
-def _leave_out(graph: tp.DependencyGraph, group: tp.Group, kept: Sequence[nn.Module]) -> None:
+def _leave_out(group: tp.Group, kept: Sequence[nn.Module]) -> None:
     """Drop the group's items of ``kept``, so that pruning the group leaves those layers as
     they are. (The host's own pruner empties such items for grouped-query attention, but
     its pruning functions still copy a layer's whole weight for an empty index list: for
