@@ -12,9 +12,12 @@ the weight-dependency candidate, whatever its place in the grid.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch_pruning as tp
 
 from cpmc_plugin import CPMCImportance, CPMCPruner, calibrate_importance
@@ -183,6 +186,82 @@ def test_report_table_lists_every_candidate_best_first() -> None:
     assert "(chosen)" in lines[4] and "weight_dependency=True" in lines[4]
     assert "100.00 %" in lines[4] and "50.00 %" in lines[5]
     assert report.as_dict()["chosen_options"] == WITH_DEPENDENCY
+
+
+def logit_margin_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross entropy of the class-1 margin against float targets (no accuracy)."""
+    return F.binary_cross_entropy_with_logits(outputs[:, 1] - outputs[:, 0], targets)
+
+
+def float_data() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(images, labels.float()) for images, labels in known_data()]
+
+
+# Keeping channel 0, the margin is +1 on a positive image and -1 on a negative one: the
+# loss is log(1 + e^-1) for each. Without it, the margin is -1 everywhere: a positive
+# image costs log(1 + e^1), a negative one log(1 + e^-1).
+KEPT_LOSS = math.log1p(math.exp(-1))
+LOST_LOSS = (math.log1p(math.exp(1)) + math.log1p(math.exp(-1))) / 2
+
+
+def test_a_custom_loss_scores_the_candidates_when_there_is_no_accuracy() -> None:
+    net = known_net()
+    imp = calibrate_importance(
+        net,
+        X,
+        float_data(),
+        flops_reduction=0.25,
+        ignored_layers=[net[-1]],
+        candidates=[WITHOUT_DEPENDENCY, WITH_DEPENDENCY],
+        loss_fn=logit_margin_loss,
+    )
+    report = imp.calibration
+    assert [c.accuracy for c in report.candidates] == [None, None]  # float targets
+    assert report.candidates[0].loss == pytest.approx(LOST_LOSS)
+    assert report.candidates[1].loss == pytest.approx(KEPT_LOSS)
+    assert report.chosen == 1 and imp.weight_dependency is True
+    assert report.options["loss"] == "logit_margin_loss"
+
+
+def test_pruner_calibration_loss_fn_scores_the_candidates() -> None:
+    net = known_net()
+    pruner = CPMCPruner(
+        net,
+        X,
+        flops_reduction=0.25,
+        ignored_layers=[net[-1]],
+        calibration_data=float_data(),
+        calibration_loss_fn=logit_margin_loss,
+    )
+    report = pruner.calibration
+    assert report is not None and report.options["loss"] == "logit_margin_loss"
+    assert report.best.loss == pytest.approx(KEPT_LOSS)  # channel 0 kept
+    pruner.step()
+    assert net[0].out_channels == 3
+    assert net[0].weight.flatten().tolist()[0] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"calibration_data": known_data(), "calibration_loss_fn": "mse"},
+            TypeError,
+            "calibration_loss_fn must be callable as loss_fn\\(outputs, targets\\), got str",
+        ),
+        (
+            {"calibration_loss_fn": logit_margin_loss},
+            ValueError,
+            "calibration_loss_fn scores calibration candidates: give calibration_data too",
+        ),
+    ],
+)
+def test_bad_calibration_loss_fn_is_refused(kwargs, error, match) -> None:
+    net = known_net()
+    before = state(net)
+    with pytest.raises(error, match=match):
+        CPMCPruner(net, X, flops_reduction=0.25, ignored_layers=[net[-1]], **kwargs)
+    assert_same(net, before)
 
 
 # ------------------------------------------------------------------ bad input

@@ -171,6 +171,9 @@ class CPMCPruner(tp.pruner.BasePruner):
             ``weight_dependency`` are kept).
         calibration_batches: how many batches of ``calibration_data`` to use (>= 2):
             half re-measure BatchNorm statistics, half score each candidate.
+        calibration_loss_fn: ``loss_fn(outputs, targets)`` -> mean loss that scores the
+            candidates (default: cross entropy over class logits), e.g. a language
+            model's next-token loss; as ``calibrate_importance(loss_fn=...)``.
         num_heads: ``{projection: heads}`` for the query, key and value projections (or
             one packed ``qkv`` projection) of each attention layer, as for the host; then
             heads are units of the budget. :func:`~cpmc_plugin.head_options` returns it.
@@ -233,6 +236,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         finetune_fn: Callable[[nn.Module, int], Any] | None = None,
         calibration_data: Iterable[Any] | None = None,
         calibration_batches: int = 8,
+        calibration_loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         num_heads: Mapping[nn.Module, int] | None = None,
         prune_num_heads: bool | None = None,
         prune_head_dims: bool = False,
@@ -256,6 +260,12 @@ class CPMCPruner(tp.pruner.BasePruner):
         integer("calibration_batches", calibration_batches, minimum=2)
         if finetune_fn is not None:
             function("finetune_fn", finetune_fn, call="finetune_fn(model, step)")
+        if calibration_loss_fn is not None:
+            function("calibration_loss_fn", calibration_loss_fn, call="loss_fn(outputs, targets)")
+            if calibration_data is None:
+                raise ValueError(
+                    "calibration_loss_fn scores calibration candidates: give calibration_data too"
+                )
         heads = _head_options(
             num_heads,
             prune_num_heads,
@@ -369,7 +379,9 @@ class CPMCPruner(tp.pruner.BasePruner):
         #: the report of ``calibration_data``'s calibration (``None`` without it)
         self.calibration: CalibrationReport | None = None
         if calibration_data is not None:
-            self.importance = calibrate_pruner(self, calibration_data, batches=calibration_batches)
+            self.importance = calibrate_pruner(
+                self, calibration_data, batches=calibration_batches, loss_fn=calibration_loss_fn
+            )
             self.calibration = self.importance.calibration
 
     # ------------------------------------------------------------------ stepping
