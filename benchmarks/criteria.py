@@ -268,9 +268,11 @@ def prune(
     family: str | None,
     grad_batch: tuple[torch.Tensor, torch.Tensor],
     calibration: DataLoader[Any],
+    finetune_steps: int = 0,
 ) -> tuple[str, dict[str, Any] | None]:
     """Prune ``model`` in place to ``rate`` fewer MACs; return the importance's repr and,
-    for ``cpmc-auto``, its calibration report (calibrated on ``calibration``)."""
+    for ``cpmc-auto``, its calibration report (calibrated on ``calibration``, with a
+    short fine-tune of ``finetune_steps`` steps for its best plans)."""
     name = "cpmc" if criterion == "cpmc-default" else criterion
     importance = make_importance(
         name, example, family=None if criterion == "cpmc-default" else family
@@ -284,6 +286,7 @@ def prune(
         needs_gradients=needs_gradients(name),
         grad_batch=grad_batch,
         calibration_data=calibration if needs_calibration(name) else None,
+        calibration_finetune_steps=finetune_steps if needs_calibration(name) else 0,
     )
     model.zero_grad(set_to_none=True)
     importance = pruner.importance
@@ -349,7 +352,7 @@ def _prune_cell(
     with ctx["phases"](ctx["model"], "prune"):
         imp, calibration = prune(
             model, criterion, rate, ctx["example"], ctx["family"], ctx["grad_batch"],
-            ctx["data"]["calib"],
+            ctx["data"]["calib"], ctx["calibration_finetune_steps"],
         )  # fmt: skip
     prune_s = time.perf_counter() - started
     macs, params = tp.utils.count_ops_and_params(model, ctx["example"])
@@ -467,6 +470,7 @@ def run_model(
         "base_macs": base_macs,
         "base_params": base_params,
         "commit": git_state()["git_commit"],
+        "calibration_finetune_steps": args.calibration_finetune_steps,
     }
     rows = {(r["criterion"], r["rate"]): r for r in result["rows"]}
     pruned: dict[tuple[str, float], nn.Module] = {}
@@ -608,6 +612,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--finetune-subset", type=int, default=5000, help="of the training subset; 0: all of it"
     )
     p.add_argument("--calib-batches", type=int, default=20, help="of 128 images, BN recal")
+    p.add_argument(
+        "--calibration-finetune-steps", type=int, default=0,
+        help="cpmc-auto: fine-tune the calibration's best 8 plans this many steps",
+    )  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="grid model FT seeds")
     p.add_argument("--other-seeds", nargs="+", type=int, default=None, help="default: first seed")
     p.add_argument("--no-finetune", action="store_true", help="no-FT and BN-recal only")

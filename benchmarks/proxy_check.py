@@ -15,6 +15,12 @@ the fine-tuned and the BN-recalibrated test accuracy, and where the proxy's pick
 among the fine-tuned candidates (top quarter or not). Every finished candidate is
 written to ``--out`` at once; ``--resume`` keeps them.
 
+``--proxy-steps N`` calibrates with ``finetune_steps=N`` (``--proxy-top``,
+``--proxy-lr``): the best plans of the first pass are re-scored after N SGD steps.
+Their fine-tuned test accuracies do not depend on the proxy, so ``--labels-from``
+takes them from an earlier run's JSON (each candidate by its options) and only the
+calibration runs; the output records which file and commit they came from.
+
 The data, the baseline (and its cache) and the fine-tune come from ``criteria.py``:
 every option of that script that sets them is accepted here too, with its defaults.
 The published run (docs/benchmarks.md)::
@@ -79,6 +85,15 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else None
 
 
+def _proxy_fields(candidate: Any) -> dict[str, Any]:
+    return {
+        "proxy_accuracy": candidate.accuracy,
+        "proxy_loss": candidate.loss,
+        "proxy_finetuned_loss": candidate.finetuned_loss,
+        "proxy_finetuned_accuracy": candidate.finetuned_accuracy,
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.Namespace]:
     own = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     own.add_argument("--model", type=bench.known_model, default="resnet20")
@@ -88,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
     own.add_argument("--limit", type=int, default=0, help="first N candidates only (0: all)")
     own.add_argument("--out", type=Path, default=DEFAULT_OUT)
     own.add_argument("--resume", action="store_true", help="keep the candidates in --out")
+    own.add_argument("--proxy-steps", type=int, default=0, help="calibration finetune_steps")
+    own.add_argument("--proxy-top", type=int, default=8, help="calibration finetune_top")
+    own.add_argument("--proxy-lr", type=float, default=0.01, help="calibration finetune_lr")
+    own.add_argument(
+        "--labels-from", type=Path, default=None, help="candidates' fine-tuned accuracies"
+    )
     mine, rest = own.parse_known_args(argv)
     shared = bench.parse_args([*rest, "--models", mine.model, "--out", str(mine.out)])
     if mine.calibration_batches < 2 or mine.calibration_batches > shared.calib_batches:
@@ -105,8 +126,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     example = data["example"]
     base_acc = bench.percent(base, data["test"], env.device)
     previous: dict[str, Any] = {}
+    labels: dict[str, Any] | None = None
+    if mine.labels_from is not None:
+        earlier = json.loads(mine.labels_from.read_text())
+        previous = {r["key"]: r for r in earlier.get("candidates", [])}
+        labels = {"file": str(mine.labels_from), "provenance": earlier.get("provenance")}
     if mine.resume and mine.out.exists():
-        previous = {r["key"]: r for r in json.loads(mine.out.read_text()).get("candidates", [])}
+        previous |= {r["key"]: r for r in json.loads(mine.out.read_text()).get("candidates", [])}
     started = time.perf_counter()
     model_for_calibration = copy.deepcopy(base)
     candidates = DEFAULT_CANDIDATES[: mine.limit] if mine.limit else DEFAULT_CANDIDATES
@@ -118,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ignored_layers=[model_for_calibration.classifier],
         candidates=candidates,
         batches=mine.calibration_batches,
+        finetune_steps=mine.proxy_steps,
+        finetune_top=mine.proxy_top,
+        finetune_lr=mine.proxy_lr,
     )
     report = calibrated.calibration
     assert report is not None
@@ -134,13 +163,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "baseline": {**trained, "acc": base_acc},
         "calibration": report.as_dict(),
         "calibrate_s": round(calibrate_s, 2),
+        "labels_from": labels,
         "candidates": [],
     }
     ctx = {"phases": bench.Phases(), "model": mine.model, "env": env, "data": data}
     for i, candidate in enumerate(report.candidates):
         key = json.dumps(candidate.options, sort_keys=True)
-        if key in previous:
-            out["candidates"].append(previous[key])
+        if key in previous:  # the proxy's scores are this run's, the test accuracies kept
+            out["candidates"].append(
+                {
+                    **previous[key],
+                    "index": i,
+                    **_proxy_fields(candidate),
+                    "same_plan_as": candidate.same_plan_as,
+                }
+            )
             continue
         same = candidate.same_plan_as
         if same is not None and same < len(out["candidates"]):
@@ -162,8 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "key": key,
             "index": i,
             "options": candidate.options,
-            "proxy_accuracy": candidate.accuracy,
-            "proxy_loss": candidate.loss,
+            **_proxy_fields(candidate),
             "macs": int(macs),
             "params": int(params),
             "acc_bn_recal": recal,
@@ -201,6 +237,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "best_ft_options": rows[ft.index(max(ft))]["options"],
         "median_ft": statistics.median(ft),
     }
+    tuned = [r for r in rows if r.get("proxy_finetuned_loss") is not None]
+    if tuned:
+        out["summary"]["finetuned_candidates"] = len(tuned)
+        out["summary"]["spearman_finetuned_loss_vs_ft_among_them"] = spearman(
+            [-float(r["proxy_finetuned_loss"]) for r in tuned], [float(r["acc_ft"]) for r in tuned]
+        )
     out["wall_s"] = round(time.perf_counter() - started, 1)
     write_json(mine.out, out)
     for k, v in out["summary"].items():

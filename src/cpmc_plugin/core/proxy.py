@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,14 @@ from torch.utils._pytree import tree_map
 
 from .validate import integer
 
-__all__ = ["BatchSplit", "ProxyScore", "move_to", "proxy_score", "split_batches"]
+__all__ = [
+    "BatchSplit",
+    "ProxyScore",
+    "finetune_briefly",
+    "move_to",
+    "proxy_score",
+    "split_batches",
+]
 
 Batch = tuple[Any, Any]
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -143,3 +150,47 @@ def proxy_score(
             classified = False
     count = max(count, 1)
     return ProxyScore(loss=total / count, accuracy=correct / count if classified else None)
+
+
+def finetune_briefly(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    *,
+    steps: int,
+    lr: float,
+    loss_fn: LossFn | None = None,
+) -> None:
+    """``steps`` SGD steps (momentum 0.9, weight decay 5e-4) over ``batches``, in place.
+
+    The batches are taken in order and cycled; the model trains in train mode (BatchNorm
+    statistics follow the batches) and is left in eval mode. The gradients it made are
+    cleared (``grad`` set to ``None``), so nothing of the steps is left but the weights.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> net = torch.nn.Linear(2, 2)
+        >>> data = [(torch.randn(16, 2), torch.randint(0, 2, (16,)))]
+        >>> before = proxy_score(net, data).loss
+        >>> finetune_briefly(net, data, steps=20, lr=0.1)
+        >>> proxy_score(net, data).loss < before, net.weight.grad is None
+        (True, True)
+    """
+    integer("steps", steps, minimum=1)
+    if not batches:
+        raise ValueError("finetune_briefly needs at least one batch")
+    loss_fn = F.cross_entropy if loss_fn is None else loss_fn
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trained, lr=lr, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    try:
+        with torch.enable_grad():
+            for step in range(steps):
+                inputs, targets = batches[step % len(batches)]
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(inputs), targets).backward()
+                optimizer.step()
+    finally:
+        for param in trained:
+            param.grad = None
+        model.eval()

@@ -8,6 +8,12 @@ half are the candidate's proxy score, and the model is restored exactly (the sam
 tensor objects, the same values). The candidate with the highest held-out accuracy
 wins (then the lowest loss).
 
+With ``finetune_steps``, the best ``finetune_top`` distinct plans of that first pass
+are applied again and fine-tuned for a few SGD steps on the re-estimation batches, and
+the lowest held-out loss after those steps wins: a proxy for the accuracy after a
+fine-tune rather than right after the prune (docs/benchmarks.md, "Does the proxy
+predict?"). Parameter values are then copied once, and put back after every trial.
+
 The candidates differ only in how they combine the same channel statistics, so the
 statistics are computed once and shared, and candidates whose plans coincide are
 evaluated once.
@@ -15,17 +21,18 @@ evaluated once.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from ..core.batchnorm import recalibrate_bn
-from ..core.proxy import BatchSplit, move_to, proxy_score, split_batches
-from ..core.validate import function
+from ..core.proxy import BatchSplit, finetune_briefly, move_to, proxy_score, split_batches
+from ..core.validate import function, integer, number
 from .graph import PruneSnapshot
 from .importance import CPMCImportance
 
@@ -77,6 +84,9 @@ class CandidateScore:
         same_plan_as: index of an earlier candidate with the very same plan (not
             evaluated again), or ``None``.
         error: why the plan could not be applied or run (the candidate then loses).
+        finetuned_loss: held-out loss after the calibration's short fine-tune (only
+            for the candidates it fine-tuned, else ``None``).
+        finetuned_accuracy: held-out accuracy after it (``None`` as for ``accuracy``).
     """
 
     options: dict[str, Any]
@@ -86,6 +96,8 @@ class CandidateScore:
     macs_removed: float
     same_plan_as: int | None = None
     error: str | None = None
+    finetuned_loss: float | None = None
+    finetuned_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,27 +125,41 @@ class CalibrationReport:
 
     def table(self) -> str:
         """A markdown table of the candidates, best proxy score first."""
-        order = sorted(range(len(self.candidates)), key=lambda i: _rank_key(self.candidates[i], i))
+        order = sorted(range(len(self.candidates)), key=lambda i: _final_key(self.candidates[i], i))
+        steps = self.options.get("finetune_steps", 0)
+        tuned = (
+            f"; the best {self.options.get('finetune_top')} fine-tuned {steps} steps"
+            if steps
+            else ""
+        )
         lines = [
             f"CPMC calibration at {100 * self.reduction:g} % fewer {self.metric}: "
             f"{len(self.candidates)} candidates, BatchNorm re-measured on "
             f"{self.recalibration_samples} samples, scored on {self.held_out_samples} "
-            f"held-out samples in {self.seconds:.1f} s",
+            f"held-out samples{tuned} in {self.seconds:.1f} s",
             "",
-            "| # | options | held-out loss | accuracy | params removed | MACs removed |",
-            "|---:|---|---:|---:|---:|---:|",
+            "| # | options | held-out loss | accuracy | params removed | MACs removed |"
+            + (" loss after fine-tune | accuracy after |" if steps else ""),
+            "|---:|---|---:|---:|---:|---:|" + ("---:|---:|" if steps else ""),
         ]
         for i in order:
             c = self.candidates[i]
             mark = " (chosen)" if i == self.chosen else ""
             options = ", ".join(f"{k}={v!r}" for k, v in c.options.items()) or "(base)"
             if c.error is not None:
-                lines.append(f"| {i} | {options} | failed: {c.error} | | | |")
+                lines.append(
+                    f"| {i} | {options} | failed: {c.error} | | | |" + (" | |" if steps else "")
+                )
                 continue
-            acc = "n/a" if c.accuracy is None else f"{100 * c.accuracy:.2f} %"
             params = _share(c.params_removed, self.base_params)
             macs = _share(c.macs_removed, self.base_macs)
-            lines.append(f"| {i} | {options}{mark} | {c.loss:.4f} | {acc} | {params} | {macs} |")
+            acc = _percent(c.accuracy)
+            row = f"| {i} | {options}{mark} | {c.loss:.4f} | {acc} | {params} | {macs} |"
+            if steps:
+                loss = "" if c.finetuned_loss is None else f"{c.finetuned_loss:.4f}"
+                acc = "" if c.finetuned_loss is None else _percent(c.finetuned_accuracy)
+                row += f" {loss} | {acc} |"
+            lines.append(row)
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -153,6 +179,10 @@ class CalibrationReport:
         }
 
 
+def _percent(accuracy: float | None) -> str:
+    return "n/a" if accuracy is None else f"{100 * accuracy:.2f} %"
+
+
 def _share(removed: float, base: float) -> str:
     count = f"{removed / 1e6:.3f} M" if removed >= 1e5 else f"{removed:g}"
     return f"{count} ({100 * removed / base:.1f} %)" if base else count
@@ -168,6 +198,19 @@ def _rank_key(c: CandidateScore, index: int) -> tuple[float, float, int]:
     """
     accuracy = c.accuracy if c.accuracy is not None else float("-inf")
     return (-accuracy, c.loss, index)
+
+
+def _final_key(c: CandidateScore, index: int) -> tuple[Any, ...]:
+    """Best first: the fine-tuned candidates by their loss after the steps, then the rest.
+
+    After a short fine-tune the loss leads: a few hundred held-out samples resolve
+    accuracy in steps of a fraction of a percent, the loss continuously, and on
+    Fashion-MNIST the loss after the steps picked the better plans
+    (docs/benchmarks.md, "Does the proxy predict?").
+    """
+    if c.finetuned_loss is not None:
+        return (0, c.finetuned_loss, *_rank_key(c, index))
+    return (1, *_rank_key(c, index))
 
 
 def _candidate_importances(
@@ -221,6 +264,21 @@ def _device(model: nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class _Finetune:
+    """The calibration's short fine-tune: ``steps`` SGD steps for the best ``top`` plans."""
+
+    steps: int = 0
+    top: int = 8
+    lr: float = 0.01
+
+
+def _finetune_options(steps: int, top: int, lr: float) -> _Finetune:
+    integer("finetune_steps", steps, minimum=0)
+    integer("finetune_top", top, minimum=1)
+    return _Finetune(steps, top, number("finetune_lr", lr, minimum=0, low_open=True))
+
+
 def calibrate_pruner(
     pruner: CPMCPruner,
     data: Iterable[Any],
@@ -228,6 +286,9 @@ def calibrate_pruner(
     candidates: Sequence[Any] | None = None,
     batches: int = 8,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    finetune_steps: int = 0,
+    finetune_top: int = 8,
+    finetune_lr: float = 0.01,
 ) -> CPMCImportance:
     """Calibrate on ``pruner``'s own model and graph; the winner carries ``.calibration``.
 
@@ -236,6 +297,7 @@ def calibrate_pruner(
     """
     if loss_fn is not None:
         function("loss_fn", loss_fn, call="loss_fn(outputs, targets)")
+    tune = _finetune_options(finetune_steps, finetune_top, finetune_lr)
     base = pruner.importance
     if not isinstance(base, CPMCImportance):
         raise TypeError(
@@ -249,13 +311,18 @@ def calibrate_pruner(
         recalibration=tuple(move_to(b, device) for b in split.recalibration),
         held_out=tuple(move_to(b, device) for b in split.held_out),
     )
+    if tune.steps and not split.recalibration:
+        raise ValueError(
+            "finetune_steps trains on the BatchNorm re-estimation batches, and this model "
+            "has no BatchNorm (every batch is held out): use finetune_steps=0"
+        )
     named = _candidate_importances(base, candidates)
     shared: dict[tuple[Any, ...], Any] = {}
     for _, imp in named:
         imp._shared_stats = shared  # the same statistics for every candidate
     started = time.perf_counter()
-    scores = _score_candidates(pruner, named, split, loss_fn)
-    chosen = min(range(len(scores)), key=lambda i: _rank_key(scores[i], i))
+    scores = _score_candidates(pruner, named, split, loss_fn, tune)
+    chosen = min(range(len(scores)), key=lambda i: _final_key(scores[i], i))
     if scores[chosen].error is not None:
         raise ValueError(
             "calibration failed: no candidate's plan could be applied and run; the first "
@@ -272,7 +339,15 @@ def calibrate_pruner(
         seconds=round(time.perf_counter() - started, 3),
         base_params=int(initial.params),
         base_macs=float(initial.macs),
-        options={"batches": batches, "loss": getattr(loss_fn, "__name__", "cross_entropy")},
+        options={
+            "batches": batches,
+            "loss": getattr(loss_fn, "__name__", "cross_entropy"),
+            **(
+                {"finetune_steps": tune.steps, "finetune_top": tune.top, "finetune_lr": tune.lr}
+                if tune.steps
+                else {}
+            ),
+        },
     )
     winner = CPMCImportance(base.example_inputs, **named[chosen][1].options())
     winner.calibration = report
@@ -284,16 +359,18 @@ def _score_candidates(
     named: list[tuple[dict[str, Any], CPMCImportance]],
     split: BatchSplit,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None,
+    tune: _Finetune,
 ) -> list[CandidateScore]:
     model = pruner.model
     original = pruner.importance
     was_training = model.training
     latest, granularity = pruner._latest, pruner._granularity
     params_before = sum(p.numel() for p in model.parameters())
-    snapshot = PruneSnapshot(
-        pruner.DG, clone_buffers=True, after_restore=pruner._shapes_changed
-    )  # BN statistics change in place
+    snapshot = PruneSnapshot(  # BN statistics change in place, and a fine-tune's weights
+        pruner.DG, clone=tune.steps > 0, clone_buffers=True, after_restore=pruner._shapes_changed
+    )
     seen: dict[tuple[Any, ...], int] = {}
+    plans: dict[int, Any] = {}
     scores: list[CandidateScore] = []
     try:
         for i, (options, imp) in enumerate(named):
@@ -307,7 +384,7 @@ def _score_candidates(
                     )
                 )
                 continue
-            seen[key] = i
+            seen[key], plans[i] = i, plan
             macs_removed = plan.base_cost - plan.cost if plan.metric == "macs" else 0.0
             try:
                 with torch.no_grad():
@@ -332,12 +409,69 @@ def _score_candidates(
             finally:
                 snapshot.restore()
                 pruner._latest = latest
+        if tune.steps:
+            _finetune_best(pruner, snapshot, plans, scores, split, loss_fn, tune)
     finally:
         snapshot.restore()
         pruner.importance = original
         pruner._latest, pruner._granularity = latest, granularity
         model.train(was_training)
     return scores
+
+
+def _finetune_best(
+    pruner: CPMCPruner,
+    snapshot: PruneSnapshot,
+    plans: dict[int, Any],
+    scores: list[CandidateScore],
+    split: BatchSplit,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
+    tune: _Finetune,
+) -> None:
+    """Re-score the best ``tune.top`` distinct plans after ``tune.steps`` SGD steps.
+
+    The steps change parameters in place: ``snapshot`` must hold copies of their values
+    (``clone=True``). The gradients are put back as they were.
+    """
+    model = pruner.model
+    ranked = sorted(
+        (i for i in plans if scores[i].error is None), key=lambda i: _rank_key(scores[i], i)
+    )
+    grads = [(p, p.grad) for p in model.parameters()]
+    latest = pruner._latest
+    try:
+        for i in ranked[: tune.top]:
+            try:
+                with torch.no_grad():
+                    pruner._apply(plans[i])
+                    recalibrate_bn(model, split.recalibration, batches=len(split.recalibration))
+                finetune_briefly(
+                    model, split.recalibration, steps=tune.steps, lr=tune.lr, loss_fn=loss_fn
+                )
+                after = proxy_score(model, split.held_out, loss_fn)
+            except Exception as error:  # the plan ran in the first pass: the training failed
+                raise ValueError(
+                    f"calibration's fine-tune of candidate {i} ({scores[i].options}) failed: "
+                    f"{type(error).__name__}: {error}. The model is unchanged; check loss_fn "
+                    "(it must be differentiable) or use finetune_steps=0"
+                ) from error
+            finally:
+                snapshot.restore()
+                pruner._latest = latest
+            loss = after.loss if math.isfinite(after.loss) else float("inf")  # diverged: last
+            scores[i] = replace(scores[i], finetuned_loss=loss, finetuned_accuracy=after.accuracy)
+    finally:
+        snapshot.restore()
+        for param, grad in grads:
+            param.grad = grad
+    for j, score in enumerate(scores):  # candidates that share a plan share its scores
+        if score.same_plan_as is not None:
+            first = scores[score.same_plan_as]
+            scores[j] = replace(
+                score,
+                finetuned_loss=first.finetuned_loss,
+                finetuned_accuracy=first.finetuned_accuracy,
+            )
 
 
 def calibrate_importance(
@@ -351,6 +485,9 @@ def calibrate_importance(
     candidates: Sequence[Any] | None = None,
     batches: int = 8,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    finetune_steps: int = 0,
+    finetune_top: int = 8,
+    finetune_lr: float = 0.01,
     **pruner_options: Any,
 ) -> CPMCImportance:
     """The :class:`~cpmc_plugin.CPMCImportance` whose prune at this budget scores best.
@@ -376,6 +513,14 @@ def calibrate_importance(
             :data:`DEFAULT_CANDIDATES`.
         batches: how many batches of ``data`` to use (>= 2).
         loss_fn: ``loss_fn(outputs, targets)`` -> mean loss (default: cross entropy).
+        finetune_steps: then fine-tune the best ``finetune_top`` distinct plans for this
+            many SGD steps (momentum 0.9, learning rate ``finetune_lr``) on the
+            re-estimation batches, and pick the lowest held-out loss after them
+            (0: no fine-tune; needs BatchNorm, whose batches it trains on). Costs
+            ``finetune_top * finetune_steps`` training steps and one copy of the
+            parameters.
+        finetune_top: how many plans the short fine-tune re-scores (>= 1).
+        finetune_lr: its learning rate (> 0).
         **pruner_options: further ``CPMCPruner`` options (``max_pruning_ratio``,
             ``round_to``, host options).
 
@@ -408,4 +553,13 @@ def calibrate_importance(
         ignored_layers=ignored_layers,
         **pruner_options,
     )
-    return calibrate_pruner(pruner, data, candidates=candidates, batches=batches, loss_fn=loss_fn)
+    return calibrate_pruner(
+        pruner,
+        data,
+        candidates=candidates,
+        batches=batches,
+        loss_fn=loss_fn,
+        finetune_steps=finetune_steps,
+        finetune_top=finetune_top,
+        finetune_lr=finetune_lr,
+    )

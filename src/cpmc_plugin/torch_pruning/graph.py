@@ -209,10 +209,11 @@ class PruneSnapshot:
         self,
         graph: tp.DependencyGraph,
         *,
+        clone: bool = False,
         clone_buffers: bool = False,
         after_restore: Callable[[], None] | None = None,
     ) -> None:
-        self.model = ModelSnapshot(graph.model, clone_buffers=clone_buffers)
+        self.model = ModelSnapshot(graph.model, clone=clone, clone_buffers=clone_buffers)
         self.graph = GraphSnapshot(graph)
         self.after_restore = after_restore
 

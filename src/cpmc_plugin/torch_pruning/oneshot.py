@@ -44,6 +44,7 @@ def prune_to_budget(
     ignored_layers: Sequence[nn.Module] | None = None,
     calibration_data: Iterable[Any] | None = None,
     calibration_batches: int = 8,
+    calibration_finetune_steps: int = 0,
 ) -> CPMCPruner:
     """Prune ``model`` in place to the budget with ``importance``; return the pruner.
 
@@ -62,6 +63,8 @@ def prune_to_budget(
         calibration_data: ``(inputs, targets)`` batches to calibrate a CPMC importance on
             at this budget (``"cpmc-auto"``); see :func:`~cpmc_plugin.calibrate_importance`.
         calibration_batches: how many of those batches to use.
+        calibration_finetune_steps: the calibration's short fine-tune of its best plans
+            (``CPMCPruner(calibration_finetune_steps=...)``; 0: none).
 
     Raises:
         ValueError: a gradient criterion without ``grad_batch``, or what
@@ -85,6 +88,7 @@ def prune_to_budget(
         ignored_layers=list(ignored_layers) if ignored_layers is not None else None,
         calibration_data=calibration_data,
         calibration_batches=calibration_batches,
+        calibration_finetune_steps=calibration_finetune_steps,
     )
     if needs_gradients:
         assert grad_batch is not None

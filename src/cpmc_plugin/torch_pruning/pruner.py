@@ -174,6 +174,9 @@ class CPMCPruner(tp.pruner.BasePruner):
         calibration_loss_fn: ``loss_fn(outputs, targets)`` -> mean loss that scores the
             candidates (default: cross entropy over class logits), e.g. a language
             model's next-token loss; as ``calibrate_importance(loss_fn=...)``.
+        calibration_finetune_steps: fine-tune the calibration's best 8 plans for this
+            many SGD steps and pick by the held-out loss after them, as
+            ``calibrate_importance(finetune_steps=...)`` (0: no fine-tune).
         num_heads: ``{projection: heads}`` for the query, key and value projections (or
             one packed ``qkv`` projection) of each attention layer, as for the host; then
             heads are units of the budget. :func:`~cpmc_plugin.head_options` returns it.
@@ -237,6 +240,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         calibration_data: Iterable[Any] | None = None,
         calibration_batches: int = 8,
         calibration_loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+        calibration_finetune_steps: int = 0,
         num_heads: Mapping[nn.Module, int] | None = None,
         prune_num_heads: bool | None = None,
         prune_head_dims: bool = False,
@@ -266,6 +270,12 @@ class CPMCPruner(tp.pruner.BasePruner):
                 raise ValueError(
                     "calibration_loss_fn scores calibration candidates: give calibration_data too"
                 )
+        tune_steps = integer("calibration_finetune_steps", calibration_finetune_steps, minimum=0)
+        if tune_steps and calibration_data is None:
+            raise ValueError(
+                "calibration_finetune_steps fine-tunes calibration candidates: give "
+                "calibration_data too"
+            )
         heads = _head_options(
             num_heads,
             prune_num_heads,
@@ -380,7 +390,11 @@ class CPMCPruner(tp.pruner.BasePruner):
         self.calibration: CalibrationReport | None = None
         if calibration_data is not None:
             self.importance = calibrate_pruner(
-                self, calibration_data, batches=calibration_batches, loss_fn=calibration_loss_fn
+                self,
+                calibration_data,
+                batches=calibration_batches,
+                loss_fn=calibration_loss_fn,
+                finetune_steps=calibration_finetune_steps,
             )
             self.calibration = self.importance.calibration
 
