@@ -360,6 +360,28 @@ def test_prune_without_a_budget_says_it_uses_half_the_flops(
     assert "budget: 30 % fewer parameters\n" in printed
 
 
+def test_cpmc_auto_fine_tunes_its_calibration_when_asked(
+    demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "p.pt"
+    argv = ["prune", "--checkpoint", str(demo_dir / "baseline.pt"), "--criterion", "cpmc-auto"]
+    argv += ["--calibration-finetune-steps", "2", "--out", str(out), *TINY]
+    assert main(argv) == 0
+    assert "loss after fine-tune" in capsys.readouterr().out
+    calibration = Checkpoint.load(out).metrics["pruned"]["calibration"]
+    assert calibration["chosen"] is not None
+    chosen = calibration["candidates"][calibration["chosen"]]
+    assert chosen["finetuned_loss"] is not None
+    tuned = [c for c in calibration["candidates"] if c["finetuned_loss"] is not None]
+    assert len({c["same_plan_as"] for c in tuned if c["same_plan_as"] is None}) == 1
+    assert sum(c["same_plan_as"] is None for c in tuned) == 8  # the 8 best distinct plans
+    best = min(
+        (i for i, c in enumerate(calibration["candidates"]) if c["finetuned_loss"] is not None),
+        key=lambda i: (calibration["candidates"][i]["finetuned_loss"], i),
+    )
+    assert calibration["candidates"][best]["finetuned_loss"] == chosen["finetuned_loss"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -367,6 +389,11 @@ def test_prune_without_a_budget_says_it_uses_half_the_flops(
         (
             ["prune", "--criterion", "taylor", "--beta", "1", "--preset", "vgg"],
             "--beta, --preset are for the cpmc criteria, not 'taylor'",
+        ),
+        (
+            ["prune", "--criterion", "cpmc", "--calibration-finetune-steps", "3"],
+            "--calibration-finetune-steps is for cpmc-auto, whose calibration it fine-tunes; "
+            "criterion 'cpmc' is not calibrated",
         ),
     ],
 )
@@ -486,6 +513,15 @@ def test_without_flag_or_variable_torchs_count_is_kept_and_the_demo_caps_it(
         assert resolve_threads(3, cap=1) == (3, "--threads")
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_negative_calibration_fine_tune_is_refused(capsys) -> None:
+    argv = ["prune", "--checkpoint", "b.pt", "--out", "x.pt", "--criterion", "cpmc-auto"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--calibration-finetune-steps=-1"])
+    assert exit_info.value.code == 2
+    message = "argument --calibration-finetune-steps: must be an integer >= 0, got -1"
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -110,6 +110,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     settings = CriterionSettings.resolve(
         args.criterion, preset=args.preset, alpha=args.alpha, beta=args.beta
     )
+    settings.calibration_finetune_steps(args.calibration_finetune_steps)  # before any work
     budget, default = _budget(args)
     print(settings.describe())
     print(
@@ -129,6 +130,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         steps=args.steps,
         grad_batch=batch,
         calibration_data=train if settings.is_calibrated else None,
+        calibration_finetune_steps=args.calibration_finetune_steps,
     )
     calibration = pruner.calibration
     if calibration is not None:

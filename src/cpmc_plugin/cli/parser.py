@@ -232,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPMC's alpha/beta measured for this model family (default: none, CPMC's "
         "defaults); --alpha/--beta override it",
     )
+    p.add_argument(
+        "--calibration-finetune-steps",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="cpmc-auto only: re-score its best 8 plans after N SGD steps, a proxy for the "
+        "accuracy after a fine-tune (default 0: the accuracy right after the prune)",
+    )
     p.add_argument("--steps", type=positive_int, default=1, help="iterative pruning steps")
     p.add_argument("--out", required=True, metavar="FILE", help="the pruned checkpoint to write")
     p.add_argument("--force", action="store_true", help="overwrite --out")

@@ -184,6 +184,21 @@ class CriterionSettings:
             self.criterion, example_inputs, family=self.preset, alpha=self.alpha, beta=self.beta
         )
 
+    def calibration_finetune_steps(self, steps: int) -> int:
+        """``steps`` if these settings may fine-tune their calibration (``cpmc-auto``).
+
+        Raises:
+            TypeError: ``steps`` is not an int.
+            ValueError: ``steps`` < 0, or > 0 for a criterion that is not calibrated.
+        """
+        steps = integer("--calibration-finetune-steps", steps, minimum=0)
+        if steps and not self.is_calibrated:
+            raise ValueError(
+                "--calibration-finetune-steps is for cpmc-auto, whose calibration it "
+                f"fine-tunes; criterion {self.criterion!r} is not calibrated"
+            )
+        return steps
+
     def prune(
         self,
         model: nn.Module,
@@ -195,17 +210,20 @@ class CriterionSettings:
         grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
         calibration_data: Iterable[Any] | None = None,
         calibration_samples: int = CALIBRATION_SAMPLES,
+        calibration_finetune_steps: int = 0,
     ) -> CPMCPruner:
         """Prune ``model`` in place to the budget, ranked as these settings say.
 
         The model's ``classifier`` is kept whole. A gradient criterion needs
         ``grad_batch = (images, labels)``; ``cpmc-auto`` needs ``calibration_data``
         (training batches, of which it uses enough for ``calibration_samples``
-        samples), and the pruner's ``calibration`` says what it chose.
+        samples; ``calibration_finetune_steps`` re-scores its best plans after that
+        many SGD steps), and the pruner's ``calibration`` says what it chose.
 
         Raises:
             ValueError: a gradient criterion without ``grad_batch``, ``cpmc-auto``
-                without ``calibration_data``, or a budget the pruner refuses (the
+                without ``calibration_data``, ``calibration_finetune_steps`` for a
+                criterion that is not calibrated, or a budget the pruner refuses (the
                 model is then unchanged).
         """
         gradients = needs_gradients(self.criterion)
@@ -216,6 +234,7 @@ class CriterionSettings:
                 f"criterion {self.criterion!r} needs calibration_data (training batches) to "
                 "choose its options from"
             )
+        steps_of_tune = self.calibration_finetune_steps(calibration_finetune_steps)
         return prune_to_budget(
             model,
             example_inputs,
@@ -227,6 +246,7 @@ class CriterionSettings:
             grad_batch=grad_batch,
             calibration_data=calibration_data if self.is_calibrated else None,
             calibration_batches=_batches_for(calibration_data, calibration_samples),
+            calibration_finetune_steps=steps_of_tune,
         )
 
     @property
