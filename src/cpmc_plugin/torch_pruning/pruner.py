@@ -925,7 +925,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         initial = self._metric_of(self._initial)
         now = self._metric_of(counts)
         target = self.target_cost(self._pruned_step)
-        if abs(now - target) > max(TOLERANCE * initial, self._granularity):
+        if abs(now - target) > self._tolerance():
             warnings.warn(
                 f"CPMCPruner: step {self._pruned_step} left {now:.6g} {self.metric} against "
                 f"a target of {target:.6g} ({100 * abs(now - target) / initial:.2f} pp off); "
