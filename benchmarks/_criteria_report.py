@@ -47,7 +47,9 @@ def model_table(result: dict[str, Any]) -> str:
     lines = [
         f"### {result['model']} (family {result['family']})",
         "",
-        f"Baseline: {b['acc']:.2f} % test accuracy, {b['macs'] / 1e6:.2f} M MACs, "
+        f"Baseline: {b['acc']:.2f} % test accuracy"
+        + (f" after {b['epochs']} epochs" if "epochs" in b else "")
+        + f", {b['macs'] / 1e6:.2f} M MACs, "
         f"{b['params'] / 1e6:.3f} M params. Accuracies in %, best per rate in bold.",
         "",
         head,

@@ -2,12 +2,14 @@
 
 Protocol (one process; CPU unless ``--device`` finds a GPU for the training loops):
 
-1. Baseline, once per model: ``--epochs`` of ``cpmc_plugin.training.fit`` (SGD
-   momentum 0.9, weight decay 5e-4, cosine learning rate from ``--lr``, batch 128, the
-   augmentation of ``cpmc_plugin.data``) on ``--train-subset`` training images (seeded
-   selection, as ``make_loaders`` draws it). The state dict is cached in
-   ``benchmarks/results/cache/`` under ``criteria-{data}-{model}-n{images}-e{epochs}-
-   lr{lr}-s{seed}.pt``, so reruns skip training (``--no-cache`` retrains).
+1. Baseline, once per model: ``--epochs`` (or ``--model-epochs MODEL=N``) of
+   ``cpmc_plugin.training.fit`` (SGD momentum 0.9, weight decay 5e-4, cosine learning
+   rate from ``--lr``, batch 128, the augmentation of ``cpmc_plugin.data``) on
+   ``--train-subset`` training images (seeded selection, as ``make_loaders`` draws it).
+   The state dict is cached in ``benchmarks/results/cache/`` under
+   ``criteria-{data}-{model}-n{images}-e{epochs}-lr{lr}-s{seed}.pt``, so reruns skip
+   training (``--no-cache`` retrains); ``--resume`` skips a model whose cells are all in
+   ``--out`` without loading its baseline.
 2. Prune, for every criterion and rate, a deep copy of the baseline in one shot with
    ``CPMCPruner(model, x, importance=make_importance(criterion, x, family=...),
    flops_reduction=rate, ignored_layers=[model.classifier])``: every criterion gets the
@@ -232,10 +234,8 @@ def baseline(
 ) -> tuple[nn.Module, dict[str, Any]]:
     torch.manual_seed(args.base_seed)
     model = build(model_name, data["info"])
-    n = data["sizes"]["train"]
-    key = (
-        f"criteria-{data['name']}-{model_name}-n{n}-e{args.epochs}-lr{args.lr:g}-s{args.base_seed}"
-    )
+    n, epochs = data["sizes"]["train"], epochs_of(args, model_name)
+    key = f"criteria-{data['name']}-{model_name}-n{n}-e{epochs}-lr{args.lr:g}-s{args.base_seed}"
     path = args.cache_dir / f"{key}.pt"
 
     def train_baseline() -> dict[str, Any]:
@@ -244,7 +244,7 @@ def baseline(
         fit(
             model,
             data["train"],
-            epochs=args.epochs,
+            epochs=epochs,
             lr=args.lr,
             env=env,
             desc=f"{model_name} train",
@@ -252,7 +252,30 @@ def baseline(
         return {"train_s": round(time.perf_counter() - started, 1), "device": str(env.device)}
 
     cached, kept = cached_baseline(model, path, train_baseline, no_cache=args.no_cache)
-    return model.eval(), {"cache_file": relative(path), "cached": cached, **kept}
+    return model.eval(), {"cache_file": relative(path), "cached": cached, "epochs": epochs, **kept}
+
+
+def epochs_of(args: argparse.Namespace, model_name: str) -> int:
+    """The baseline training epochs of ``model_name``: ``--model-epochs``, else ``--epochs``."""
+    return int(args.model_epochs.get(model_name, args.epochs))
+
+
+def is_complete(result: dict[str, Any], plan: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether a resumed model has every cell, fine-tune seed and latency row of ``plan``
+    (then its baseline is neither trained nor loaded again)."""
+    rows = {
+        (r["criterion"], r["rate"]): r
+        for r in result.get("rows", [])
+        if "error" not in r and r["criterion"] not in args.rerun
+    }
+    if any((c, rate) not in rows for rate in plan["rates"] for c in args.criteria):
+        return False
+    if not args.no_finetune:
+        for rate in [r for r in plan["rates"] if r in plan["finetune_rates"]]:
+            for c in args.criteria:
+                if any(str(s) not in rows[(c, rate)].get("acc_ft", {}) for s in plan["seeds"]):
+                    return False
+    return not args.latency_reps or bool(result.get("latency"))
 
 
 def cell_seed(model_name: str, criterion: str, rate: float) -> int:
@@ -576,6 +599,13 @@ def rate(text: str) -> float:
     return value
 
 
+def model_epochs(text: str) -> tuple[str, int]:
+    name, sep, count = text.partition("=")
+    if not sep or not count.strip().isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"expected MODEL=EPOCHS with EPOCHS >= 1, got {text!r}")
+    return known_model(name), int(count)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="fashion-mnist", help="digits if it is not installed")
@@ -603,6 +633,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--criteria", nargs="+", choices=ALL_CRITERIA, default=list(ALL_CRITERIA))
     p.add_argument("--epochs", type=int, default=3, help="baseline training epochs")
+    p.add_argument(
+        "--model-epochs", nargs="+", type=model_epochs, default=[], metavar="MODEL=N",
+        help="baseline epochs of these models instead of --epochs (e.g. densenet40=2)",
+    )  # fmt: skip
     p.add_argument("--lr", type=float, default=0.1, help="baseline learning rate (cosine)")
     p.add_argument("--train-subset", type=int, default=10000, help="0: the whole split")
     p.add_argument("--test-subset", type=int, default=5000, help="0: the whole split")
@@ -643,6 +677,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no GPU visible to torch")
     args.criteria = list(dict.fromkeys(args.criteria))
+    args.model_epochs = dict(args.model_epochs)
     return args
 
 
@@ -671,6 +706,12 @@ def resumed(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         )
     out = {}
     for result in saved.get("results", []):
+        trained = result.get("baseline", {}).get("epochs", options.get("epochs"))
+        if result.get("rows") and trained != epochs_of(args, result["model"]):
+            raise SystemExit(
+                f"--resume: {result['model']}'s baseline in {args.out} was trained for "
+                f"{trained} epochs, not {epochs_of(args, result['model'])}; use another --out"
+            )
         result["wall_s_before"] = result.get("wall_s", 0.0)
         out[result["model"]] = result
     log(f"--resume: {sum(len(r.get('rows', [])) for r in out.values())} cells from {args.out}")
@@ -744,6 +785,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model_started = time.perf_counter()
         result = previous.get(model_name, {"model": model_name})
         results.append(result)
+        if is_complete(result, plan, args):
+            log(f"[{model_name}] every cell is in {args.out} already: skipped")
+            continue
         run_model(model_name, plan, data, args, env, phases, result, save)
         result["wall_s"] = round(
             result.get("wall_s_before", 0.0) + time.perf_counter() - model_started, 1

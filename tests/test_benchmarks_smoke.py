@@ -180,3 +180,61 @@ def test_the_goal_table_by_hand() -> None:
     assert cell["acc_ft_mean"]["met"] is True and cell["acc_bn_recal"]["met"] is True
     table = goal_table([result])
     assert "| m | 50% | fine-tuned | 90.00 | l2 91.00 (± 1.00) | yes | none |" in table
+
+
+def _criteria_module():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import criteria
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return criteria
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("vgg16", "expected MODEL=EPOCHS"),
+        ("vgg16=0", "EPOCHS >= 1"),
+        ("vgg16=two", "expected MODEL=EPOCHS"),
+        ("nosuchnet=3", "unknown model 'nosuchnet'"),
+    ],
+)
+def test_model_epochs_rejects_bad_values(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        _criteria_module().parse_args(["--model-epochs", value])
+    assert message in capsys.readouterr().err
+
+
+def test_model_epochs_override_epochs_per_model() -> None:
+    criteria = _criteria_module()
+    args = criteria.parse_args(["--epochs", "10", "--model-epochs", "vgg16=3", "densenet40=2"])
+    assert args.model_epochs == {"vgg16": 3, "densenet40": 2}
+    assert [criteria.epochs_of(args, m) for m in ("vgg16", "densenet40", "resnet20")] == [3, 2, 10]
+
+
+@pytest.mark.slow
+def test_resume_skips_a_finished_model_without_its_baseline(tmp_path: Path) -> None:
+    """A second run with --resume and an empty cache trains nothing for a model whose cells
+    are all in --out; asking for another baseline length is refused."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in TINY_ARGS["criteria"]]
+    args += ["--model-epochs", "tiny-vgg=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(BENCHMARKS / "criteria.py"), *args, *extra]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+
+    first = run()
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = json.loads((tmp_path / "criteria.json").read_text(encoding="utf-8"))
+    assert saved["results"][0]["baseline"]["epochs"] == 1
+    again = run("--resume", "--cache-dir", str(tmp_path / "empty"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[tiny-vgg] every cell is in" in again.stderr + again.stdout
+    assert not (tmp_path / "empty").exists()  # no baseline trained or saved
+    other = run("--resume", "--model-epochs", "tiny-vgg=2")
+    assert other.returncode != 0
+    assert "trained for 1 epochs, not 2" in other.stderr
