@@ -4,6 +4,7 @@ concatenation index maps."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -174,14 +175,28 @@ def repair_concat_mappings(graph: tp.DependencyGraph) -> int:
     return repaired
 
 
+def _operation_state(module: nn.Module) -> dict[str, Any]:
+    """The plain values (sizes, offsets, shapes, slice bounds) a torch-pruning operation
+    node keeps about the tensors it joins or cuts, copied."""
+    return {
+        name: copy.deepcopy(value)
+        for name, value in vars(module).items()
+        if not name.startswith("_") and isinstance(value, list | tuple | int | float | None)
+    }
+
+
 class GraphSnapshot:
     """What pruning a group changes in the graph itself, to put back with the model.
 
-    ``group.prune()`` appends to the graph's pruning history and, for an unwrapped
-    ``nn.Parameter``, re-keys the graph's parameter maps to the new parameter object.
-    Restoring a :class:`~cpmc_plugin.core.atomic.ModelSnapshot` puts the old objects
-    back in the model; :meth:`restore` puts the graph's maps and history back too, so a
-    restored prune leaves no trace (a calibration candidate, a corrected plan).
+    ``group.prune()`` appends to the graph's pruning history, re-keys the graph's
+    parameter maps to the new object of an unwrapped ``nn.Parameter``, and rewrites the
+    state of the graph's operation nodes (``tp.ops``: a concatenation's
+    ``concat_sizes``, a split's ``split_sizes``, an output's ``shape``, a slice's
+    bounds), some of it in place. Restoring a
+    :class:`~cpmc_plugin.core.atomic.ModelSnapshot` puts the old objects back in the
+    model; :meth:`restore` puts all of that back too, so a restored prune leaves no
+    trace (a calibration candidate, a corrected plan, a refused step), and the next
+    prune maps channels through the concatenations as the first one did.
     """
 
     def __init__(self, graph: tp.DependencyGraph) -> None:
@@ -190,15 +205,24 @@ class GraphSnapshot:
         self.param_to_name = dict(graph._param_to_name)
         self.module2node = dict(graph.module2node)
         self.node_modules = [(node, node.module) for node in graph.module2node.values()]
+        self.operations = [
+            (module, _operation_state(module))
+            for module in graph.module2node
+            if type(module).__module__ == tp.ops.__name__
+        ]
 
     def restore(self) -> None:
-        """Put the history, the parameter names and the node map back as they were."""
+        """Put the history, the parameter names, the node map and the operation nodes'
+        state back as they were."""
         graph = self.graph
         graph._pruning_history = list(self.history)
         graph._param_to_name = dict(self.param_to_name)
         graph.module2node = dict(self.module2node)
         for node, module in self.node_modules:
             node.module = module
+        for module, state in self.operations:
+            for name, value in state.items():  # a copy again: pruning edits lists in place
+                setattr(module, name, copy.deepcopy(value))
 
 
 class PruneSnapshot:
