@@ -55,7 +55,10 @@ def test_calibration_on_a_densenet_evaluates_every_candidate_and_prunes() -> Non
     x = DENSENET.example()[:1]
     generator = torch.Generator().manual_seed(0)
     data = [
-        (torch.randn(8, 3, 32, 32, generator=generator), torch.randint(0, 10, (8,)))
+        (
+            torch.randn(8, 3, 32, 32, generator=generator),
+            torch.randint(0, 10, (8,), generator=generator),
+        )
         for _ in range(4)
     ]
     pruner = CPMCPruner(
