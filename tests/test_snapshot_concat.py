@@ -75,6 +75,9 @@ def test_calibration_on_a_densenet_evaluates_every_candidate_and_prunes() -> Non
     assert [c.error for c in report.candidates] == [None] * len(DEFAULT_CANDIDATES)
     pruner.step()
     macs, _ = tp.utils.count_ops_and_params(model, x)
-    assert abs(macs / pruner.report().macs_before - 0.7) <= 0.005
+    pruned = pruner.report()
+    assert macs == pruned.macs_after
+    # one stem channel of this small net is 1.8 % of its MACs: the budget's grain
+    assert abs(pruned.macs_reduction - 0.3) <= 0.02
     with torch.no_grad():
         assert torch.isfinite(model(x)).all()
