@@ -260,14 +260,16 @@ def epochs_of(args: argparse.Namespace, model_name: str) -> int:
     return int(args.model_epochs.get(model_name, args.epochs))
 
 
+def kept_rows(result: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The resumed rows that stay: not failed, and not of a ``--rerun`` criterion."""
+    rows = result.get("rows", [])
+    return [r for r in rows if "error" not in r and r["criterion"] not in args.rerun]
+
+
 def is_complete(result: dict[str, Any], plan: dict[str, Any], args: argparse.Namespace) -> bool:
     """Whether a resumed model has every cell, fine-tune seed and latency row of ``plan``
     (then its baseline is neither trained nor loaded again)."""
-    rows = {
-        (r["criterion"], r["rate"]): r
-        for r in result.get("rows", [])
-        if "error" not in r and r["criterion"] not in args.rerun
-    }
+    rows = {(r["criterion"], r["rate"]): r for r in kept_rows(result, args)}
     if any((c, rate) not in rows for rate in plan["rates"] for c in args.criteria):
         return False
     if not args.no_finetune:
@@ -460,9 +462,7 @@ def run_model(
     )
     torch.manual_seed(args.base_seed)
     grad_batch = next(iter(shuffled(data["train_set"], args.base_seed)))
-    kept_rows = [
-        r for r in result.get("rows", []) if "error" not in r and r["criterion"] not in args.rerun
-    ]
+    resumed_rows = kept_rows(result, args)
     result.update(
         {
             "model": model_name,
@@ -477,7 +477,7 @@ def run_model(
                 "macs": int(base_macs),
                 "params": int(base_params),
             },
-            "rows": kept_rows,
+            "rows": resumed_rows,
             "latency": result.get("latency", []),
         }
     )
