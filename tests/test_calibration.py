@@ -22,6 +22,7 @@ import torch_pruning as tp
 
 from cpmc_plugin import CPMCImportance, CPMCPruner, calibrate_importance
 from cpmc_plugin.core.cpmc import combine_criteria, normalize
+from cpmc_plugin.core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset, list_presets
 from cpmc_plugin.core.proxy import proxy_score, split_batches
 from cpmc_plugin.models import resnet20
 from cpmc_plugin.torch_pruning.calibration import DEFAULT_CANDIDATES, CalibrationReport
@@ -307,6 +308,22 @@ def test_calibration_data_needs_a_cpmc_importance() -> None:
             ignored_layers=[net[-1]],
             calibration_data=known_data(),
         )
+
+
+# ------------------------------------------------------------------ the default grid
+@pytest.mark.parametrize("preset", list_presets())
+def test_the_default_grid_holds_every_preset_with_the_papers_normalizer(preset) -> None:
+    p = get_preset(preset)
+    assert {"alpha": p.alpha, "beta": p.beta} in DEFAULT_CANDIDATES
+
+
+def test_the_default_grid_is_41_additive_candidates_and_holds_the_default() -> None:
+    # 4 x 4 max-min pairs, 4 x 4 mean pairs, 3 x 3 squared mean pairs; per-cost is out
+    # because no calibration of the Fashion-MNIST benchmark chose it
+    assert len(DEFAULT_CANDIDATES) == 16 + 16 + 9 == 41
+    assert {"alpha": DEFAULT_ALPHA, "beta": DEFAULT_BETA} in DEFAULT_CANDIDATES
+    assert all(c.get("combine", "additive") == "additive" for c in DEFAULT_CANDIDATES)
+    assert len({tuple(sorted(c.items())) for c in DEFAULT_CANDIDATES}) == 41
 
 
 # ------------------------------------------------------------------ per-cost and mean

@@ -125,7 +125,7 @@ def test_the_pruner_fine_tunes_its_calibration() -> None:
     assert report.best.finetuned_loss is not None
     assert (
         sum(c.finetuned_loss is not None and c.same_plan_as is None for c in report.candidates) == 8
-    )  # the default finetune_top, out of the 44 candidates' distinct plans
+    )  # the default finetune_top, out of the 41 candidates' distinct plans
     assert len(report.candidates) == len(DEFAULT_CANDIDATES)
 
 

@@ -221,7 +221,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         >>> pruner = CPMCPruner(net, torch.randn(1, 3, 16, 16), flops_reduction=0.3,
         ...                     ignored_layers=[net[4]], calibration_data=data)
         >>> len(pruner.calibration.candidates), type(pruner.importance).__name__
-        (44, 'CPMCImportance')
+        (41, 'CPMCImportance')
     """
 
     def __init__(
