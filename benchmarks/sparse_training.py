@@ -1,6 +1,7 @@
 """Sparse-training methods side by side: same model, same FLOPs budget, same fine-tune.
 
-Protocol (one process, CPU; Fashion-MNIST from the Debian package, 28x28, 10 classes):
+Protocol (one process, CPU; Fashion-MNIST from the Debian package, 28x28, 10 classes, or
+``--dataset digits``, scikit-learn's embedded 8x8 digits, for a run without it):
 
 1. Baseline: ``resnet20`` (``--model``) trained with ``cpmc_plugin.training.fit``
    (SGD momentum 0.9, weight decay 5e-4, cosine learning rate from ``--lr``, batch 128)
@@ -65,7 +66,7 @@ from cpmc_plugin import (
     attach_auxiliary_classifiers,
     make_regularizer,
 )
-from cpmc_plugin.data import make_loaders
+from cpmc_plugin.data import dataset_info, make_loaders
 from cpmc_plugin.models import create_model
 from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
 from cpmc_plugin.training import accuracy, distributed, fit, recalibrate_bn
@@ -217,7 +218,8 @@ def run_method(
 def baseline(data: dict[str, Any], args: argparse.Namespace) -> nn.Module:
     model = create_model(args.model, num_classes=10, in_channels=1)
     sizes = f"n{args.train_subset}-e{args.epochs}-lr{args.lr}-s{args.seed}"
-    path = args.cache_dir / f"sparse-training-fashion-{args.model}-{sizes}.pt"
+    data_name = "fashion" if args.dataset == "fashion-mnist" else args.dataset
+    path = args.cache_dir / f"sparse-training-{data_name}-{args.model}-{sizes}.pt"
 
     def train_baseline() -> dict[str, Any]:
         torch.manual_seed(args.seed)
@@ -262,6 +264,12 @@ def strength_option(text: str) -> tuple[str, tuple[float, ...]]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
+    p.add_argument(
+        "--dataset",
+        choices=("fashion-mnist", "digits"),
+        default="fashion-mnist",
+        help="digits: the embedded 8x8 digits, for a run without Fashion-MNIST",
+    )
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--train-subset", type=int, default=6000)
     p.add_argument("--test-subset", type=int, default=5000)
@@ -339,15 +347,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return merge(args)
     torch.set_num_threads(args.threads)
     train, test, _ = make_loaders(
-        "fashion-mnist", None, batch_size=128, train_subset=args.train_subset,
+        args.dataset, None, batch_size=128, train_subset=args.train_subset,
         test_subset=args.test_subset, seed=args.seed,
     )  # fmt: skip
     calib, _, _ = make_loaders(
-        "fashion-mnist", None, batch_size=128, train_subset=args.train_subset, seed=args.seed,
+        args.dataset, None, batch_size=128, train_subset=args.train_subset, seed=args.seed,
         augment=False,
     )  # fmt: skip
     data = {"train": train, "test": test, "calib": calib}
-    x = torch.randn(1, 1, 28, 28)
+    info = dataset_info(args.dataset)
+    x = torch.randn(1, info.in_channels, info.image_size, info.image_size)
     base = baseline(data, args)
     result: dict[str, Any] = {
         "provenance": provenance(),

@@ -1,11 +1,14 @@
-"""Small helpers shared by the sparse-training tests."""
+"""Small helpers shared by the tests."""
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
+
+from cpmc_plugin.data import DEBIAN_FASHION_MNIST
 
 __all__ = [
     "accuracy",
@@ -13,10 +16,19 @@ __all__ = [
     "digits_bn_net",
     "digits_split",
     "masked_copy",
+    "needs_fashion_mnist",
     "param_count",
     "recalibrate_bn",
     "snapshot",
 ]
+
+
+#: skips a test that needs Fashion-MNIST where it is not installed (CI installs it)
+needs_fashion_mnist = pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir(),
+    reason=f"Fashion-MNIST is not installed at {DEBIAN_FASHION_MNIST}: "
+    "`apt-get install dataset-fashion-mnist` installs it (.ci/run does)",
+)
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

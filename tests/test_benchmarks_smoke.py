@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import needs_fashion_mnist
+
 __all__: list[str] = []
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +65,8 @@ TINY_ARGS: dict[str, list[str]] = {
         "--epochs", "1", "--image-size", "8", "--out", "{tmp}/select_presets.json",
     ],
     "sparse_training": [
-        "--methods", "bn-fista", "--strength", "bn-fista=0.05", "--train-subset", "256",
+        "--dataset", "digits", "--methods", "bn-fista", "--strength", "bn-fista=0.05",
+        "--train-subset", "256",
         "--test-subset", "128", "--epochs", "1", "--sparse-epochs", "1",
         "--finetune-epochs", "1", "--threads", "1", "--cache-dir", "{tmp}/cache",
         "--out", "{tmp}/sparse_training.json",
@@ -99,16 +102,9 @@ def _results_state() -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in RESULTS.rglob("*") if p.is_file()}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_benchmark_runs_tiny(script: str, tmp_path: Path) -> None:
-    """The script exits 0 and writes its JSON into tmp_path, not into benchmarks/results."""
-    if script not in TINY_ARGS:
-        pytest.fail(f"benchmarks/{script}.py has no entry in TINY_ARGS of {Path(__file__).name}")
-    if script == "host_test_suite":
-        (tmp_path / "host_tests").mkdir()
-        (tmp_path / "host_tests" / "test_fake.py").write_text(FAKE_HOST_TEST, encoding="utf-8")
-    args = [a.replace("{tmp}", str(tmp_path)) for a in TINY_ARGS[script]]
+def _run_tiny(script: str, args: list[str], tmp_path: Path) -> dict:
+    """Run ``benchmarks/<script>.py args`` as a user would; its JSON, checked written to
+    ``tmp_path`` and not into benchmarks/results."""
     before = _results_state()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -122,12 +118,37 @@ def test_benchmark_runs_tiny(script: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     written = json.loads((tmp_path / f"{script}.json").read_text(encoding="utf-8"))
     assert isinstance(written, dict) and written
+    assert _results_state() == before, "the benchmark wrote into benchmarks/results"
+    return written
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_runs_tiny(script: str, tmp_path: Path) -> None:
+    """The script exits 0 and writes its JSON into tmp_path, not into benchmarks/results."""
+    if script not in TINY_ARGS:
+        pytest.fail(f"benchmarks/{script}.py has no entry in TINY_ARGS of {Path(__file__).name}")
+    if script == "host_test_suite":
+        (tmp_path / "host_tests").mkdir()
+        (tmp_path / "host_tests" / "test_fake.py").write_text(FAKE_HOST_TEST, encoding="utf-8")
+    written = _run_tiny(script, [a.replace("{tmp}", str(tmp_path)) for a in TINY_ARGS[script]],
+                        tmp_path)  # fmt: skip
     if script == "host_test_suite":  # the fake host test ran, with CPMCPruner substituted
         assert (
             written["tests"]["test_fake.py::test_prune_one_conv"]["modes"]["pruner"]["outcome"]
             == "passed"
         )
-    assert _results_state() == before, "the benchmark wrote into benchmarks/results"
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_sparse_training_runs_tiny_on_fashion_mnist(tmp_path: Path) -> None:
+    """The benchmark's own data set (the smoke run above uses the embedded digits)."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in TINY_ARGS["sparse_training"]]
+    args[args.index("digits")] = "fashion-mnist"
+    written = _run_tiny("sparse_training", args, tmp_path)
+    assert written["options"]["dataset"] == "fashion-mnist"
+    assert [row["method"] for row in written["rows"]] == ["bn-fista"]
 
 
 def test_every_tiny_entry_names_a_script() -> None:

@@ -16,7 +16,6 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from cpmc_plugin.data import (
-    DEBIAN_FASHION_MNIST,
     DatasetInfo,
     dataset_info,
     list_datasets,
@@ -25,12 +24,9 @@ from cpmc_plugin.data import (
     read_idx,
 )
 
+from .helpers import needs_fashion_mnist
+
 NAMES = ["digits", "fashion-mnist", "cifar10", "cifar100", "svhn"]
-needs_fashion = pytest.mark.skipif(
-    not DEBIAN_FASHION_MNIST.is_dir(),
-    reason=f"Fashion-MNIST missing from {DEBIAN_FASHION_MNIST}: "
-    "`apt-get install dataset-fashion-mnist` (CI installs it)",
-)
 Item = tuple[torch.Tensor, int]
 
 
@@ -388,7 +384,7 @@ def fashion() -> dict[bool, Dataset[Item]]:
     }
 
 
-@needs_fashion
+@needs_fashion_mnist
 def test_fashion_mnist(fashion: dict[bool, Dataset[Item]]) -> None:
     x, y = stack(fashion[True])
     assert x.shape == (60_000, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -400,7 +396,7 @@ def test_fashion_mnist(fashion: dict[bool, Dataset[Item]]) -> None:
     assert label == 9  # the first test image is an ankle boot
 
 
-@needs_fashion
+@needs_fashion_mnist
 def test_fashion_mnist_augmentation(fashion: dict[bool, Dataset[Item]]) -> None:
     torch.manual_seed(0)
     augmented = load_dataset("fashion-mnist", train=True)
@@ -413,7 +409,7 @@ def test_fashion_mnist_augmentation(fashion: dict[bool, Dataset[Item]]) -> None:
     assert torch.equal(test[3][0], test[3][0])
 
 
-@needs_fashion
+@needs_fashion_mnist
 def test_fashion_mnist_loaders() -> None:
     train, test, info = make_loaders("fashion-mnist", train_subset=1000, test_subset=300)
     assert info.image_size == 28
