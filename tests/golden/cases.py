@@ -43,6 +43,8 @@ from cpmc_plugin.nni import speedup
 __all__ = [
     "CASES",
     "GOLDEN_FILE",
+    "kernel_dependent",
+    "processor",
     "SLOW",
     "digest",
     "recorded_from",
@@ -100,6 +102,27 @@ def _model_result(model: nn.Module, x: torch.Tensor) -> Result:
     out = model(x)
     model.train(was_training)
     return {"state": _tensors(model.state_dict()), "output": _tensors({"y": out})}
+
+
+def processor() -> str:
+    """The CPU model: float kernels (oneDNN's, BLAS's) pick their blocking per model, so
+    two CPUs with the same instruction set can round a forward differently."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def kernel_dependent(name: str, path: str) -> bool:
+    """Whether the digest at ``path`` of case ``name`` holds values computed by float
+    kernels: every output, and whatever a case that trains computed. The pruning itself
+    (channels, histories, reports, the sliced weights of a case that does not train) is
+    exact on every CPU."""
+    return path.endswith("/digest") and (path.startswith("output/") or name.startswith("reg/"))
 
 
 def versions() -> dict[str, str]:

@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
 from tests.golden.cases import (  # noqa: E402
     CASES,
     GOLDEN_FILE,
+    processor,
     recorded_from,
     run_case,
     versions,
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "recorded_from": {"commit": commit, **origin},
         "versions": versions(),
+        "processor": processor(),
         "seconds": seconds,
         "cases": cases,
     }
