@@ -78,7 +78,7 @@ def _measure(mode: str, tokens: int, layers: int, vocab: int) -> dict[str, Any]:
         pruner.step()
         reduction = pruner.report().macs_reduction
     else:
-        host = {k: v for k, v in options.items() if k in ("num_heads", "ignored_layers")}
+        host = {"num_heads": options["num_heads"], "ignored_layers": options["output_layers"]}
         with fixed_graphs():
             meta = tp.pruner.MetaPruner(
                 model,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from .core.lazy import lazy_exports
 
 if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they load lazily
+    from .attention.eager import eager_attention
     from .attention.options import head_options
     from .core.budget import UnreachableBudgetError
     from .core.cpmc import NORMALIZERS, combine_criteria, normalize
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they lo
 _EXPORTS: dict[str, str] = {
     "CPMCPruner": ".torch_pruning.pruner",
     "head_options": ".attention.options",
+    "eager_attention": ".attention.eager",
     "fixed_graphs": ".torch_pruning.negative_concat",
     "CPMCImportance": ".torch_pruning.importance",
     "calibrate_importance": ".torch_pruning.calibration",
@@ -80,6 +82,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "eager_attention",
     "fixed_graphs",
     "head_options",
     "NORMALIZERS",

@@ -7,9 +7,12 @@ their attributes, so neither ``transformers`` nor ``timm`` is imported here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch.nn as nn
+
+from ..core.validate import layers_of
 
 __all__ = ["head_options", "logits_of"]
 
@@ -43,7 +46,7 @@ def _torchvision_vit(model: nn.Module) -> dict[str, Any] | None:
         "num_heads": attention,
         "prune_num_heads": False,
         "prune_head_dims": True,
-        "ignored_layers": [model.heads],
+        "output_layers": [model.heads],
     }
 
 
@@ -56,7 +59,7 @@ def _timm_vit(model: nn.Module) -> dict[str, Any] | None:
     head = getattr(model, "head", None)
     if not attention or not hasattr(model, "patch_embed") or not isinstance(head, nn.Module):
         return None
-    return {"num_heads": attention, "ignored_layers": [head]}
+    return {"num_heads": attention, "output_layers": [head]}
 
 
 def _hf_projections(model: nn.Module) -> dict[str, Any] | None:
@@ -76,20 +79,10 @@ def _hf_projections(model: nn.Module) -> dict[str, Any] | None:
         heads[attention.q_proj] = attention.q_proj.out_features // d
         heads[attention.k_proj] = attention.k_proj.out_features // d
         heads[attention.v_proj] = attention.v_proj.out_features // d
-    grouped = any(heads[a.k_proj] < heads[a.q_proj] for a in layers)
-    implementation = getattr(config, "_attn_implementation", None)
-    if grouped and implementation != "eager":
-        raise ValueError(
-            f"this model uses grouped-query attention with attn_implementation="
-            f"{implementation!r}: its fused attention hides which query heads read which "
-            "key/value head from torch-pruning's graph. Load or build it with "
-            "attn_implementation='eager' to prune it (switch back afterwards with "
-            "model.set_attn_implementation('sdpa'))"
-        )
     mlps = [_mlp_input(m) for m in model.modules() if _mlp_input(m) is not None]
     return {
         "num_heads": heads,
-        "ignored_layers": [output],
+        "output_layers": [output],
         "output_transform": logits_of,
         "uniform_layers": [[a.q_proj for a in layers], mlps],
         "hidden_divisible_by_heads": True,  # the configs validate it when loaded
@@ -129,7 +122,7 @@ def _hf_bert_like(model: nn.Module) -> dict[str, Any] | None:
     ]
     return {
         "num_heads": heads,
-        "ignored_layers": [output],
+        "output_layers": [output],
         "output_transform": logits_of,
         "uniform_layers": [[a.query for a in layers], mlps],
     }
@@ -138,7 +131,9 @@ def _hf_bert_like(model: nn.Module) -> dict[str, Any] | None:
 _KNOWN = (_torchvision_vit, _timm_vit, _hf_projections, _hf_bert_like)
 
 
-def head_options(model: nn.Module) -> dict[str, Any]:
+def head_options(
+    model: nn.Module, ignored_layers: Sequence[nn.Module] | None = None
+) -> dict[str, Any]:
     """The keyword arguments that make :class:`~cpmc_plugin.CPMCPruner` prune ``model``.
 
     Known architectures:
@@ -147,23 +142,31 @@ def head_options(model: nn.Module) -> dict[str, Any]:
       keeps its heads and their dims shrink with the hidden width;
     - timm ``VisionTransformer`` (ViT, DeiT): whole heads of each packed ``qkv``;
     - Hugging Face models with ``q_proj``/``k_proj``/``v_proj`` attention and an
-      ``lm_head`` or ``classifier``: LLaMA-style causal LMs (LLaMA, Qwen2, Mistral, ...;
-      grouped-query attention needs ``attn_implementation="eager"``: whole query heads
-      go, every key/value head stays) and ``ViTForImageClassification``: whole heads;
+      ``lm_head`` or ``classifier``: LLaMA-style causal LMs (LLaMA, Qwen2, Mistral, ...,
+      with the attention they come with: ``CPMCPruner`` traces them with eager attention
+      and switches back; with grouped-query attention whole query heads go and every
+      key/value head stays) and ``ViTForImageClassification``: whole heads;
     - Hugging Face BERT-style encoders (``query``/``key``/``value``) with a
       ``classifier``: whole heads.
 
     Besides the host's head options (``num_heads``, and ``prune_num_heads`` /
     ``prune_head_dims`` where they differ from the pruner's defaults) it names the
-    output layer in ``ignored_layers``, reads Hugging Face outputs' ``logits``
+    layer that produces the output in ``output_layers`` (never pruned; the pruner adds
+    it to ``ignored_layers``, so a caller can still pass ``ignored_layers=`` of its own
+    beside ``**head_options(model)``), reads Hugging Face outputs' ``logits``
     (``output_transform``), and for Hugging Face models lists ``uniform_layers``: all
     layers keep the same heads and MLP width, because one config describes them all
     (so that ``save_pretrained`` and ``from_pretrained`` round-trip).
 
+    Args:
+        model: the transformer to prune.
+        ignored_layers: more layers to keep whole, returned as ``ignored_layers``.
+
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
+        TypeError: ``model`` is not an ``nn.Module``, or ``ignored_layers`` is not a
+            list of modules.
         ValueError: an architecture it does not know (the message says what to pass), or
-            grouped-query attention traced through a fused kernel.
+            ``ignored_layers`` holds a module of another model.
 
     Example:
         >>> import torch
@@ -171,14 +174,17 @@ def head_options(model: nn.Module) -> dict[str, Any]:
         >>> vit = VisionTransformer(32, 16, num_layers=1, num_heads=2, hidden_dim=8,
         ...                         mlp_dim=16, num_classes=3)
         >>> options = head_options(vit)
-        >>> list(options["num_heads"].values()), options["ignored_layers"] == [vit.heads]
+        >>> list(options["num_heads"].values()), options["output_layers"] == [vit.heads]
         ([2], True)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    extra = None if ignored_layers is None else layers_of(model, ignored_layers)
     for known in _KNOWN:
         options = known(model)
         if options is not None:
+            if extra is not None:
+                options["ignored_layers"] = extra
             return options
     raise ValueError(
         f"head_options does not know {type(model).__name__}. Pass the head options "

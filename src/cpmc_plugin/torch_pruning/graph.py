@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..attention.eager import eager_attention
 from ..core.atomic import ModelSnapshot
 from ..core.probe import forward_once
 from .negative_concat import unmap_non_channel_concats
@@ -82,7 +83,7 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     was_training = model.training
     try:
         model.eval()
-        with torch.enable_grad(), shapes_only_autograd():
+        with torch.enable_grad(), shapes_only_autograd(), eager_attention(model):
             graph = tp.DependencyGraph().build_dependency(model, example_inputs)
         unmap_non_channel_concats(graph)
         return graph

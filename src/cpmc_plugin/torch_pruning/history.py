@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..attention.eager import eager_attention
 from ..attention.shapes import sync_shape_attributes
 from .negative_concat import unmap_non_channel_concats
 
@@ -69,7 +70,8 @@ def replay_history(model: nn.Module, history: Sequence[Any], example_inputs: Any
     """
     if not history:
         return
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    with torch.enable_grad(), eager_attention(model):  # under a caller's no_grad too
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     unmap_non_channel_concats(graph)
     graph.load_pruning_history(copy.deepcopy(list(history)))
     sync_shape_attributes(model)  # a transformer's hidden_dim, heads and config follow

@@ -21,9 +21,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
+import torch
+import torch.nn as nn
 import torch_pruning as tp
+
+from ..attention.eager import eager_attention
 
 __all__ = ["fixed_graphs", "unmap_non_channel_concats"]
 
@@ -98,7 +103,10 @@ def fixed_graphs() -> Iterator[None]:
 
     The host's pruners build their own graph and group it in their constructor, so a
     LLaMA-style model must be handed to ``tp.pruner.MetaPruner`` inside this block
-    (``CPMCPruner`` does it by itself). The graph stays fixed after the block.
+    (``CPMCPruner`` does it by itself). The graph stays fixed after the block. Inside
+    it, every trace also runs with autograd on (a caller's ``torch.no_grad()`` does not
+    stop it) and a Hugging Face model traces with eager attention (see
+    :func:`~cpmc_plugin.eager_attention`).
 
     Example:
         >>> import torch
@@ -114,7 +122,12 @@ def fixed_graphs() -> Iterator[None]:
     original = cls.build_dependency
 
     def build_dependency(self: Any, *args: Any, **kwargs: Any) -> Any:
-        graph = original(self, *args, **kwargs)
+        model = args[0] if args else kwargs.get("model")
+        attention = eager_attention(model) if isinstance(model, nn.Module) else nullcontext()
+        # the host traces through autograd: a caller's torch.no_grad() must not stop it,
+        # and a Hugging Face model's fused attention would hide its grouped-query heads
+        with torch.enable_grad(), attention:
+            graph = original(self, *args, **kwargs)
         unmap_non_channel_concats(graph)
         return graph
 

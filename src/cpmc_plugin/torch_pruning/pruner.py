@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from tqdm.auto import tqdm
 
+from ..attention.eager import eager_attention
 from ..attention.shapes import sync_shape_attributes
 from ..core.atomic import (
     RunFailure,
@@ -29,7 +30,7 @@ from ..core.pinning import pin_removal, refine_plan
 from ..core.probe import forward_once, positions_by_module, record_calls
 from ..core.report import LayerChannels, PruneReport
 from ..core.ties import TiedGroups, tie_groups
-from ..core.validate import flag, fraction, function, integer, optional_integer
+from ..core.validate import flag, fraction, function, integer, layers_of, optional_integer
 from ._coupling import hidden_coupling, misaligned_grouped_conv
 from ._measured import opaque_call_hooks, opaque_layers
 from ._options import (
@@ -159,6 +160,9 @@ class CPMCPruner(tp.pruner.BasePruner):
         params_reduction: fraction of parameters to remove instead, in (0, 1).
         iterative_steps: reach the budget in this many even steps.
         ignored_layers: layers whose output channels are never pruned (e.g. the classifier).
+        output_layers: the layers that produce the model's output, never pruned either:
+            added to ``ignored_layers``. :func:`~cpmc_plugin.head_options` names them
+            here, so that ``ignored_layers=`` can be given beside ``**head_options(model)``.
         max_pruning_ratio: at most this fraction of any layer's channels goes, in (0, 1].
         round_to: keep channel counts multiples of this.
         finetune_fn: called as ``finetune_fn(model, step)`` after every non-interactive
@@ -234,6 +238,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         params_reduction: float | None = None,
         iterative_steps: int = 1,
         ignored_layers: Sequence[nn.Module] | None = None,
+        output_layers: Sequence[nn.Module] | None = None,
         max_pruning_ratio: float = 0.9,
         round_to: int | None = None,
         finetune_fn: Callable[[nn.Module, int], Any] | None = None,
@@ -298,6 +303,17 @@ class CPMCPruner(tp.pruner.BasePruner):
                 f"{type(importance).__name__}: pass importance=None or a CPMCImportance"
             )
         _check_finite(model)
+        if ignored_layers is not None or output_layers is not None:
+            ignored = layers_of(model, ignored_layers)
+            outputs = layers_of(model, output_layers, name="output_layers")
+            ignored_layers = ignored + [m for m in outputs if all(m is not i for i in ignored)]
+        if torch.is_inference_mode_enabled():
+            raise ValueError(
+                "CPMCPruner cannot trace the model inside torch.inference_mode(): "
+                "torch-pruning follows channels through autograd, which inference mode "
+                "turns off for good. Build the pruner and step outside the block "
+                "(torch.no_grad() is fine)"
+            )
 
         self._attention = True  # until the first forward has shown whether there is any
         was_training = model.training
@@ -313,6 +329,7 @@ class CPMCPruner(tp.pruner.BasePruner):
                     remembering_groups() as seen,  # the groups the host reads to count
                     fixed_graphs(),  # RoPE's negative-dim concat would hang the grouping
                     shapes_only_autograd(),  # the traced graph keeps no activations
+                    eager_attention(model),  # a fused kernel hides grouped-query heads
                 ):
                     super().__init__(
                         model,
@@ -546,7 +563,8 @@ class CPMCPruner(tp.pruner.BasePruner):
     def _current(self) -> _Counts:
         """Counts of the model as it is now (counted again only after a step)."""
         if self._latest is None:
-            self._latest = _count(self.model, self.example_inputs, self._attention)
+            with eager_attention(self.model):  # counted as the trace counted it
+                self._latest = _count(self.model, self.example_inputs, self._attention)
             self._warn_if_off_target(self._latest)
         return self._latest
 
@@ -582,6 +600,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         leaf call's sizes, the measured layers' inputs, and the host's MAC count."""
         model = self.model
         with (
+            eager_attention(model),  # run and counted as the trace ran it
             record_calls(model) as calls,
             opaque_call_hooks(opaque_layers(self.DG)) as opaque,
             host_counter(model, attention=self._attention) as tally,
@@ -762,7 +781,8 @@ class CPMCPruner(tp.pruner.BasePruner):
     def _check_runs(self) -> None:
         """Run the pruned model once; a ``ValueError`` (the caller restores) if it fails."""
         try:
-            check_still_runs(self.model, self.example_inputs, self._signature)
+            with eager_attention(self.model):
+                check_still_runs(self.model, self.example_inputs, self._signature)
         except RunFailure as failure:
             if failure.error is None and "output shapes" in str(failure):
                 raise ValueError(
