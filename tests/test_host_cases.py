@@ -141,20 +141,26 @@ def test_split_outputs_that_would_shrink_are_refused_unchanged() -> None:
     assert shapes(net) == shape
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 3: the refusal names only the last layer whose output changed "
-    "('wide.1'), so a model with several outputs needs one refusal per output to learn "
-    "what to ignore",
-)
 def test_split_refusal_names_every_layer_whose_output_changed() -> None:
+    """One refusal names all three outputs and the conv making each (not its BatchNorm);
+    ignoring exactly those layers then lets the same budget through."""
     torch.manual_seed(0)
     net = ThreeWaySplit()
     x = torch.randn(1, 16, 7, 7)
     with pytest.raises(ValueError) as refused:
         CPMCPruner(net, x, flops_reduction=0.75).step()
-    named = set(re.findall(r"'(shared|wide)(?:\.\d+)?'", str(refused.value)))
-    assert named == {"shared", "wide"}, str(refused.value)
+    message = str(refused.value)
+    for index, layer in [(0, "shared.0"), (1, "shared.0"), (2, "wide.0")]:
+        assert re.search(
+            rf"output {index} from \(1, 16, 7, 7\) to .*?'{layer}' \(Conv2d\)", message
+        )
+    named = set(re.findall(r"'((?:shared|wide)\.\d+)'", message))
+    assert named == {"shared.0", "wide.0"}, message
+    modules = dict(net.named_modules())
+    pruner = CPMCPruner(net, x, flops_reduction=0.75, ignored_layers=[modules[n] for n in named])
+    pruner.step()
+    assert_step_met(pruner, 1)
+    assert output_shapes(net, x) == [(1, 16, 7, 7)] * 3
 
 
 # ------------------------------------------------------------ test_concat_split.py

@@ -119,15 +119,34 @@ def test_a_prune_that_breaks_the_forward_is_refused_and_undone() -> None:
     assert net.stem.out_channels < 8 and net(x).shape == (1, 4)
 
 
-def test_interactive_step_checks_the_model_after_the_last_group() -> None:
+def test_interactive_step_refuses_before_the_first_group() -> None:
     torch.manual_seed(0)
     net = WidthConstant()
     x = torch.randn(1, 3, 8, 8)
     state, shape, attrs = record(net)
     pruner = CPMCPruner(net, x, flops_reduction=0.4, ignored_layers=[net.head])
+    pruned: list[object] = []
     with pytest.raises(ValueError, match="refused the step"):
         for group in pruner.step(interactive=True):
+            pruned.append(group)
             group.prune()
+    assert pruned == []  # the plan was tried first: the caller pruned nothing
+    assert_untouched(net, state, shape, attrs)
+    assert pruner.current_step == 0
+
+
+def test_interactive_output_shape_refusal_comes_first_and_names_every_output() -> None:
+    from .test_host_cases import ThreeWaySplit
+
+    torch.manual_seed(0)
+    net = ThreeWaySplit()
+    x = torch.randn(1, 16, 7, 7)
+    state, shape, attrs = record(net)
+    pruner = CPMCPruner(net, x, flops_reduction=0.75)
+    groups = pruner.step(interactive=True)
+    assert groups is not None
+    with pytest.raises(ValueError, match=r"output 0 .*output 1 .*output 2 .*ignored_layers"):
+        next(groups)
     assert_untouched(net, state, shape, attrs)
     assert pruner.current_step == 0
 
@@ -176,7 +195,9 @@ def test_an_output_shape_change_is_caught_after_the_forward() -> None:
     x = torch.randn(1, 3, 8, 8)
     before = signature(net, x)
     net[4] = nn.Conv2d(16, 7, 1)  # what a prune the graph cannot see would leave
-    with pytest.raises(RunFailure, match=r"changed from \[\(1, 10\)\] to \[\(1, 7\)\].*'4'"):
+    with pytest.raises(
+        RunFailure, match=r"output 0 from \(1, 10\) to \(1, 7\) \(made by '4' \(Conv2d\)\)"
+    ):
         check_still_runs(net, x, before)
 
 

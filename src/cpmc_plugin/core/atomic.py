@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils._pytree import tree_flatten
 
 from .probe import run_model
+from .producers import output_producers, output_tensors
 
 __all__ = [
     "ModelSnapshot",
@@ -177,7 +177,7 @@ def recording_signature(model: nn.Module) -> Iterator[SignatureRecorder]:
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
     def leaf(module: nn.Module, _inputs: Any, output: Any) -> None:
-        found = _tensors(tree_flatten(output)[0])
+        found = output_tensors(output)
         if found and frames:
             layers = frames[-1]
             layers.pop(module, None)  # keep call order: a reused module moves to the end
@@ -188,7 +188,7 @@ def recording_signature(model: nn.Module) -> Iterator[SignatureRecorder]:
         calls.append((args, dict(kwargs)))
 
     def done(_model: nn.Module, _args: Any, _kwargs: Any, output: Any) -> None:
-        shapes = [tuple(t.shape) for t in _tensors(tree_flatten(output)[0])]
+        shapes = [tuple(t.shape) for t in output_tensors(output)]
         recorder.signature = RunSignature(shapes, frames[-1])
         recorder.output, recorder.call = output, calls[-1]
 
@@ -231,17 +231,7 @@ def signature(model: nn.Module, example_inputs: Any) -> RunSignature:
         ) from error
     finally:
         model.train(was_training)
-    return RunSignature([tuple(t.shape) for t in _tensors(tree_flatten(output)[0])], layers)
-
-
-def _tensors(leaves: list[Any]) -> list[torch.Tensor]:
-    found: list[torch.Tensor] = []
-    for leaf in leaves:
-        if isinstance(leaf, torch.Tensor):
-            found.append(leaf)
-        elif hasattr(leaf, "to_tuple"):  # Hugging Face ModelOutput
-            found.extend(_tensors(tree_flatten(list(leaf.to_tuple()))[0]))
-    return found
+    return RunSignature([tuple(t.shape) for t in output_tensors(output)], layers)
 
 
 @contextlib.contextmanager
@@ -281,8 +271,8 @@ def _describe(model: nn.Module, path: list[str]) -> str:
 
 def check_still_runs(model: nn.Module, example_inputs: Any, expected: RunSignature) -> None:
     """Run ``model`` once; raise :class:`RunFailure` if it fails, if its outputs are not
-    finite, or if its output shapes differ from ``expected`` (naming the layer whose
-    output changed last before the model's output, the one to put in ``ignored_layers``)."""
+    finite, or if its output shapes differ from ``expected`` (naming every output that
+    changed and the layers that make it, the ones to put in ``ignored_layers``)."""
     was_training = model.training
     model.eval()
     try:
@@ -296,25 +286,37 @@ def check_still_runs(model: nn.Module, example_inputs: Any, expected: RunSignatu
                 ) from error
     finally:
         model.train(was_training)
-    tensors = _tensors(tree_flatten(output)[0])
+    tensors = output_tensors(output)
     shapes = [tuple(t.shape) for t in tensors]
     if shapes != expected.outputs:
-        names = {m: n for n, m in model.named_modules()}
-        changed = [
-            m
-            for m, shape in layers.items()
-            if expected.layers.get(m) != shape and any(True for _ in m.parameters(recurse=False))
-        ]
-        where = f"'{names[changed[-1]]}' ({type(changed[-1]).__name__})" if changed else "?"
-        raise RunFailure(
-            where,
-            None,
-            f"the model's output shapes changed from {expected.outputs} to {shapes}; "
-            f"the last layer whose output changed is {where}",
-        )
+        raise _shapes_changed(model, example_inputs, expected.outputs, shapes)
     for tensor in tensors:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise RunFailure("the model's output", None, "the model's output is not finite")
+
+
+def _shapes_changed(
+    model: nn.Module, example_inputs: Any, before: list[tuple[int, ...]], after: list[Any]
+) -> RunFailure:
+    """The :class:`RunFailure` for changed output shapes: every output that changed, and
+    the convolution or Linear layers that make each (its ``where``: all of them)."""
+    names = {m: n for n, m in model.named_modules()}
+    producers = output_producers(model, example_inputs)
+    if len(before) != len(after):
+        return RunFailure(
+            "?", None, f"the model's output shapes changed from {before} to {after} (another count)"
+        )
+    changed: list[str] = []
+    layers: dict[nn.Module, None] = {}
+    for index, (was, now) in enumerate(zip(before, after, strict=True)):
+        if was == now:
+            continue
+        makers = producers[index] if index < len(producers) else []
+        layers.update(dict.fromkeys(makers))
+        made = ", ".join(f"'{names[m]}' ({type(m).__name__})" for m in makers) or "no layer found"
+        changed.append(f"output {index} from {was} to {tuple(now)} (made by {made})")
+    where = ", ".join(f"'{names[m]}'" for m in layers) if layers else "?"
+    return RunFailure(where, None, "the model's output shapes changed: " + "; ".join(changed))
 
 
 # ---------------------------------------------------------------------- all or nothing

@@ -309,10 +309,9 @@ class CPMCPruner(tp.pruner.BasePruner):
             ignored_layers = ignored + [m for m in outputs if all(m is not i for i in ignored)]
         if torch.is_inference_mode_enabled():
             raise ValueError(
-                "CPMCPruner cannot trace the model inside torch.inference_mode(): "
-                "torch-pruning follows channels through autograd, which inference mode "
-                "turns off for good. Build the pruner and step outside the block "
-                "(torch.no_grad() is fine)"
+                "CPMCPruner cannot prune inside torch.inference_mode(): the weights it "
+                "would make there are inference tensors, which no fine-tune can train. "
+                "Build the pruner and step outside the block (torch.no_grad() is fine)"
             )
 
         self._attention = True  # until the first forward has shown whether there is any
@@ -787,7 +786,8 @@ class CPMCPruner(tp.pruner.BasePruner):
             if failure.error is None and "output shapes" in str(failure):
                 raise ValueError(
                     f"CPMCPruner refused the step: {failure}. The model's outputs must keep "
-                    f"their shape: put {failure.where} in ignored_layers. The model is unchanged"
+                    f"their shape: put {failure.where} in ignored_layers (all of them at "
+                    "once). The model is unchanged"
                 ) from None
             raise ValueError(
                 f"CPMCPruner refused the step: after pruning, {failure}. The model is "
@@ -819,17 +819,26 @@ class CPMCPruner(tp.pruner.BasePruner):
 
     @torch.no_grad()
     def _prune(self) -> Generator[tp.Group, None, None]:
-        """Interactive steps: yield the plan's groups; check the model after the last one."""
+        """Interactive steps: yield the plan's groups; check the model after the last one.
+
+        The whole plan is tried first (applied, run, checked, undone), so a plan the
+        model cannot take is refused before the caller prunes its first group."""
         if self.current_step > self.iterative_steps:
             self._warn_done()
             return
+        snapshot = PruneSnapshot(self.DG, after_restore=self._shapes_changed)
+        before = self._latest
         try:
             plan = self.plan(self.current_step)
+            try:
+                self._apply(plan)
+                self._check_runs()
+            finally:
+                snapshot.restore()
+                self._latest = before
         except Exception:
             self.current_step -= 1  # nothing was pruned: the step did not happen
             raise
-        snapshot = PruneSnapshot(self.DG, after_restore=self._shapes_changed)
-        before = self._latest
         try:
             for _, group in groups_in_order(self.DG, plan.removals, self._check_group):
                 yield group
