@@ -17,6 +17,7 @@ import torch_pruning as tp
 from ..attention.eager import eager_attention
 from ..core.atomic import ModelSnapshot
 from ..core.probe import forward_once
+from ..core.tracing import autograd_on
 from .negative_concat import unmap_non_channel_concats
 
 __all__ = [
@@ -34,21 +35,62 @@ __all__ = [
 def describe_host_failure(error: BaseException) -> str:
     """A ``ValueError`` message for a failure inside torch-pruning's graph tracing.
 
-    It says that the model itself ran (the caller checked), quotes the host's
-    exception with the host function it came from, and says what the user can do.
+    It says that the model itself ran (the caller checked), quotes the exception with
+    where it came from, and gives the advice that fits its cause: autograd switched off
+    around the call, an error inside one of the caller's customized pruners, or an
+    operation the host cannot follow.
     """
+    what = f"{type(error).__name__}: {error}"
+    pruner = _customized_pruner_frame(error)
+    if pruner is not None:
+        owner, frame = pruner
+        return (
+            f"the model runs on example_inputs, but the customized pruner {owner} raised "
+            f"{what} in {frame.name}() ({frame.filename}:{frame.lineno}) while "
+            "torch-pruning's DependencyGraph traced the model. The error is in that "
+            "pruner, not a limit of the host: fix it, or leave its layer type out of "
+            "customized_pruners"
+        )
     frames = traceback.extract_tb(error.__traceback__)
     paths = [(f, f.filename.replace("\\", "/")) for f in frames]
     host = [f for f, path in paths if "/torch_pruning/" in path and "/cpmc_plugin/" not in path]
     where = f" in torch_pruning's {host[-1].name}()" if host else ""
+    if "relies on autograd" in str(error):
+        return (
+            f"torch-pruning's DependencyGraph could not trace the model: {what}{where}. "
+            "It follows channels through autograd, which was switched off around the "
+            "call (torch.inference_mode(), or set_grad_enabled(False) inside the model's "
+            "forward): build the pruner outside such a block"
+        )
     return (
         "the model runs on example_inputs, but torch-pruning's DependencyGraph failed to "
-        f"trace it: {type(error).__name__}: {error}{where}. The host cannot follow some "
+        f"trace it: {what}{where}. The host cannot follow some "
         "channel operation of this model (for example a channel shuffle: a reshape and "
         "transpose across the channel dimension). Wrap that operation in an nn.Module and "
         "register a customized pruner for it (customized_pruners={ModuleType: pruner}), "
         "or keep the layers around it out of the pruned set (ignored_layers)"
     )
+
+
+def _customized_pruner_frame(
+    error: BaseException,
+) -> tuple[str, traceback.FrameSummary] | None:
+    """The innermost frame of ``error`` that runs a method of a pruning function that is
+    not torch-pruning's own (a caller's customized pruner): its class and the frame."""
+    found = None
+    tb = error.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        cls = type(owner)
+        if isinstance(owner, tp.pruner.function.BasePruningFunc) and not cls.__module__.startswith(
+            ("torch_pruning", "cpmc_plugin")
+        ):
+            summary = traceback.FrameSummary(
+                tb.tb_frame.f_code.co_filename, tb.tb_lineno, tb.tb_frame.f_code.co_name
+            )
+            found = (f"{cls.__module__}.{cls.__qualname__}", summary)
+        tb = tb.tb_next
+    return found
 
 
 @contextlib.contextmanager
@@ -83,7 +125,7 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     was_training = model.training
     try:
         model.eval()
-        with torch.enable_grad(), shapes_only_autograd(), eager_attention(model):
+        with autograd_on(model), shapes_only_autograd(), eager_attention(model):
             graph = tp.DependencyGraph().build_dependency(model, example_inputs)
         unmap_non_channel_concats(graph)
         return graph

@@ -36,6 +36,7 @@ import torch_pruning as tp
 
 from ..attention.eager import eager_attention
 from ..attention.shapes import sync_shape_attributes
+from ..core.tracing import autograd_on
 from .negative_concat import unmap_non_channel_concats
 
 __all__ = ["FORMAT", "load_pruned", "plain_history", "replay_history", "save_pruned"]
@@ -70,7 +71,7 @@ def replay_history(model: nn.Module, history: Sequence[Any], example_inputs: Any
     """
     if not history:
         return
-    with torch.enable_grad(), eager_attention(model):  # under a caller's no_grad too
+    with autograd_on(model), eager_attention(model):  # under a caller's no_grad too
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     unmap_non_channel_concats(graph)
     graph.load_pruning_history(copy.deepcopy(list(history)))

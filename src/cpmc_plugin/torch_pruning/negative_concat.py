@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from contextlib import nullcontext
 from typing import Any
 
-import torch
 import torch.nn as nn
 import torch_pruning as tp
 
 from ..attention.eager import eager_attention
+from ..core.tracing import autograd_on
 
 __all__ = ["fixed_graphs", "unmap_non_channel_concats"]
 
@@ -104,9 +103,9 @@ def fixed_graphs() -> Iterator[None]:
     The host's pruners build their own graph and group it in their constructor, so a
     LLaMA-style model must be handed to ``tp.pruner.MetaPruner`` inside this block
     (``CPMCPruner`` does it by itself). The graph stays fixed after the block. Inside
-    it, every trace also runs with autograd on (a caller's ``torch.no_grad()`` does not
-    stop it) and a Hugging Face model traces with eager attention (see
-    :func:`~cpmc_plugin.eager_attention`).
+    it, every trace also runs with autograd on (a caller's ``torch.no_grad()`` or a
+    model frozen with ``requires_grad_(False)`` does not stop it) and a Hugging Face
+    model traces with eager attention (see :func:`~cpmc_plugin.eager_attention`).
 
     Example:
         >>> import torch
@@ -123,10 +122,11 @@ def fixed_graphs() -> Iterator[None]:
 
     def build_dependency(self: Any, *args: Any, **kwargs: Any) -> Any:
         model = args[0] if args else kwargs.get("model")
-        attention = eager_attention(model) if isinstance(model, nn.Module) else nullcontext()
-        # the host traces through autograd: a caller's torch.no_grad() must not stop it,
-        # and a Hugging Face model's fused attention would hide its grouped-query heads
-        with torch.enable_grad(), attention:
+        if not isinstance(model, nn.Module):
+            return original(self, *args, **kwargs)  # the host's own error
+        # the host traces through autograd: a caller's torch.no_grad() or a frozen model
+        # must not stop it, and a fused attention kernel would hide grouped-query heads
+        with autograd_on(model), eager_attention(model):
             graph = original(self, *args, **kwargs)
         unmap_non_channel_concats(graph)
         return graph
