@@ -40,6 +40,7 @@ from ._common import (
 from .argtypes import fraction, non_negative, non_negative_int, positive_int, unit_interval
 from .checkpoint import Checkpoint
 from .parser import HelpFormatter, build_parser
+from .prune_hf import cmd_prune_hf
 from .settings import (
     DEMO_MAX_THREADS,
     CriterionSettings,
@@ -285,6 +286,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "report": cmd_report,
     "demo": cmd_demo,
+    "prune-hf": cmd_prune_hf,
 }
 
 

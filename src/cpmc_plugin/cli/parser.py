@@ -13,6 +13,7 @@ from ..sparse.factory import SPARSE_METHODS
 from ..torch_pruning.criteria import CRITERIA
 from ._common import DEFAULT_FLOPS_REDUCTION
 from .argtypes import fraction, non_negative, non_negative_int, positive_int, unit_interval
+from .prune_hf import add_prune_hf_parser
 from .settings import DEMO_MAX_THREADS
 
 __all__ = ["HelpFormatter", "build_parser"]
@@ -296,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="write into a non-empty --out-dir")
     _data_options(p)
+
+    p = command(
+        "prune-hf",
+        "prune a Hugging Face causal LM saved with save_pretrained (heads, MLP channels and "
+        "the hidden width) to a FLOPs budget; writes a directory from_pretrained loads",
+    )
+    add_prune_hf_parser(p)
+    _common_options(p)
 
     p = command("demo", "the whole story offline: train, prune, fine-tune, report")
     p.add_argument("--out-dir", default="cpmc-demo", metavar="DIR", help="where the files go")

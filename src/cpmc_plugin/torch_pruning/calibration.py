@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from ..core.batchnorm import recalibrate_bn
 from ..core.proxy import BatchSplit, finetune_briefly, move_to, proxy_score, split_batches
-from ..core.validate import function, integer, number
+from ..core.validate import flag, function, integer, number
 from .graph import PruneSnapshot
 from .importance import CPMCImportance
 
@@ -290,6 +291,7 @@ def calibrate_pruner(
     finetune_steps: int = 0,
     finetune_top: int = 8,
     finetune_lr: float = 0.01,
+    progress: bool = False,
 ) -> CPMCImportance:
     """Calibrate on ``pruner``'s own model and graph; the winner carries ``.calibration``.
 
@@ -322,7 +324,7 @@ def calibrate_pruner(
     for _, imp in named:
         imp._shared_stats = shared  # the same statistics for every candidate
     started = time.perf_counter()
-    scores = _score_candidates(pruner, named, split, loss_fn, tune)
+    scores = _score_candidates(pruner, named, split, loss_fn, tune, flag("progress", progress))
     chosen = min(range(len(scores)), key=lambda i: _final_key(scores[i], i))
     if scores[chosen].error is not None:
         raise ValueError(
@@ -361,6 +363,7 @@ def _score_candidates(
     split: BatchSplit,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None,
     tune: _Finetune,
+    progress: bool = False,
 ) -> list[CandidateScore]:
     model = pruner.model
     original = pruner.importance
@@ -374,7 +377,8 @@ def _score_candidates(
     plans: dict[int, Any] = {}
     scores: list[CandidateScore] = []
     try:
-        for i, (options, imp) in enumerate(named):
+        shown = tqdm(named, desc="calibration", unit="candidate", disable=not progress)
+        for i, (options, imp) in enumerate(shown):
             pruner.importance = imp
             plan = pruner.plan(pruner.iterative_steps)
             key = tuple((r.name, r.idxs) for r in plan.removals)
@@ -489,6 +493,7 @@ def calibrate_importance(
     finetune_steps: int = 0,
     finetune_top: int = 8,
     finetune_lr: float = 0.01,
+    progress: bool = False,
     **pruner_options: Any,
 ) -> CPMCImportance:
     """The :class:`~cpmc_plugin.CPMCImportance` whose prune at this budget scores best.
@@ -522,6 +527,7 @@ def calibrate_importance(
             parameters.
         finetune_top: how many plans the short fine-tune re-scores (>= 1).
         finetune_lr: its learning rate (> 0).
+        progress: show a progress bar over the candidates (tqdm).
         **pruner_options: further ``CPMCPruner`` options (``max_pruning_ratio``,
             ``round_to``, host options).
 
@@ -563,4 +569,5 @@ def calibrate_importance(
         finetune_steps=finetune_steps,
         finetune_top=finetune_top,
         finetune_lr=finetune_lr,
+        progress=progress,
     )
