@@ -218,16 +218,20 @@ def run_chain(block: Block, code: str) -> dict[str, Any]:
 def test_the_readme_blocks_are_found() -> None:
     readme = [b for b in PYTHON if b.document == "README.md"]
     sections = {b.section for b in readme}
-    # the sections with Python code, as the README stands (a new one only adds to this)
+    # one tested block per entry point (a new one only adds to this)
     assert {
         "Prune to an exact FLOPs budget",
-        "Save and reload a pruned model",
+        "CPMC inside torch-pruning's own pruner",
+        "Let the data choose CPMC's options (`cpmc-auto`)",
         "CPMC in NNI 3.0",
-        "Sparse training: BN-FISTA and SSR",
+        "Sparse training, then prune",
+        "Transformers: heads and MLP channels under one budget",
         "Paper models",
     } <= sections
     assert len(readme) >= 8
-    bnfista = next(b for b in readme if b.section == "Sparse training: BN-FISTA and SSR")
+    docs = {b.document for b in PYTHON}
+    assert {"docs/torch-pruning.md", "docs/sparse-training.md", "docs/transformers.md"} <= docs
+    bnfista = next(b for b in PYTHON if b.ident.startswith("docs/sparse-training.md::bn-fista"))
     names = [name for name, _ in alternatives(bnfista.code)]
     assert names == ["as-written", "alt1-reg", "alt2-reg"]  # the two SSR alternatives
 
@@ -335,10 +339,10 @@ def _models_listed(namespace: dict[str, Any]) -> None:
 # What the text around a block says it does, checked on the block's namespace.
 CLAIMS: dict[str, Any] = {
     "README.md::prune-to-an-exact-flops-budget::python#1": _budget_met,
-    "README.md::save-and-reload-a-pruned-model::python#1": _reloaded_equals_pruned,
+    "docs/torch-pruning.md::save-and-reload-a-pruned-model::python#1": _reloaded_equals_pruned,
     "README.md::cpmc-in-nni-3-0::python#1": _nni_model_is_smaller,
-    "README.md::sparse-training-with-oicsr-then-prune::python#2": _budget_met,
-    "README.md::sparse-training-bn-fista-and-ssr::python#1": _auxiliary_detached,
+    "docs/sparse-training.md::oicsr-then-prune::python#2": _budget_met,
+    "docs/sparse-training.md::bn-fista-and-ssr::python#1": _auxiliary_detached,
     "README.md::paper-models::python#1": _models_listed,
 }
 
@@ -436,3 +440,57 @@ def test_the_console_script_and_the_module_answer_help() -> None:
     import importlib.util
 
     assert importlib.util.find_spec("cpmc_plugin.cli.__main__") is not None
+
+
+# ---------------------------------------------------------------- links and length
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
+    text = heading.lstrip("#").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"(?ms)^```.*?^```", "", path.read_text())  # headings, not comments
+    return {github_anchor(line) for line in text.splitlines() if re.match(r"^#{1,6} ", line)}
+
+
+def test_github_anchor_by_hand() -> None:
+    assert github_anchor("## CPMC in NNI 3.0") == "cpmc-in-nni-30"
+    assert (
+        github_anchor("### Let the data choose CPMC's options (`cpmc-auto`)")
+        == "let-the-data-choose-cpmcs-options-cpmc-auto"
+    )
+
+
+@pytest.mark.parametrize("path", [p for p in DOCUMENTS if p.exists()], ids=lambda p: p.name)
+def test_every_link_resolves(path: Path) -> None:
+    """Every relative link names a file that exists and, with '#', a heading in it."""
+    text = re.sub(r"(?ms)^```.*?^```", "", path.read_text())
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"^[a-z]+://", target) or target.startswith("mailto:"):
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        if not linked.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            broken.append(f"{target} (no such heading)")
+    assert not broken, f"{path.relative_to(ROOT)}: {broken}"
+
+
+def test_the_readme_is_a_guide_not_a_notebook() -> None:
+    """Under 400 lines, and a measured claim links to where it was measured."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) < 400
+    prose = [line for line in lines if not line.startswith(("    ", "```"))]
+    for line in prose:
+        if re.search(r"\b20\d\d-\d\d-\d\d\b|\bcommit [0-9a-f]{7}\b", line):
+            pytest.fail(f"README line {line!r}: dates and commits belong in docs/benchmarks.md")
+    measured = [i for i, line in enumerate(prose) if "measured" in line.lower()]
+    for i in measured:
+        near = " ".join(prose[max(0, i - 1) : i + 2])
+        assert "docs/benchmarks.md" in near, prose[i]
