@@ -138,9 +138,11 @@ def test_eager_attention_switches_back_also_on_an_error() -> None:
         assert model.config._attn_implementation == "eager"
         raise RuntimeError("inside the block")
     assert model.config._attn_implementation == before
-    with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
-        with eager_attention("model"):  # type: ignore[arg-type]
-            pass
+    with (
+        pytest.raises(TypeError, match="model must be an nn.Module, got str"),
+        eager_attention("model"),  # type: ignore[arg-type]
+    ):
+        pass
 
 
 def test_torchvision_resnet_under_no_grad() -> None:
