@@ -19,29 +19,19 @@ import torch.nn as nn
 
 from cpmc_plugin import CPMCPruner, eager_attention, head_options
 
+from .transformer_zoo import hf_causal
+
 transformers = pytest.importorskip("transformers")
 
 __all__: list[str] = []
 
 
 def causal_lm(kind: str) -> tuple[nn.Module, torch.Tensor]:
-    """A tiny random-weight LM built as a user builds one: no ``attn_implementation``."""
-    config_class, model_class, tied = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, False),
-        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, True),
-    }[kind]
-    config = config_class(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=8,
-        tie_word_embeddings=tied,
-    )
+    """A tiny random-weight LM built as a user builds one: no ``attn_implementation``
+    (Qwen2 with tied embeddings)."""
     torch.manual_seed(0)
-    return model_class(config).eval(), torch.randint(0, 128, (1, 12))
+    model, _ = hf_causal(kind, attn_implementation=None, tie_word_embeddings=kind == "qwen2")()
+    return model, torch.randint(0, 128, (1, 12))
 
 
 def _plain(model: nn.Module, x: Any) -> CPMCPruner:
