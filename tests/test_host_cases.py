@@ -147,8 +147,11 @@ def test_split_refusal_names_every_layer_whose_output_changed() -> None:
     torch.manual_seed(0)
     net = ThreeWaySplit()
     x = torch.randn(1, 16, 7, 7)
+    state, shape = snapshot(net), shapes(net)
     with pytest.raises(ValueError) as refused:
         CPMCPruner(net, x, flops_reduction=0.75).step()
+    assert_state_unchanged(net, state)
+    assert shapes(net) == shape
     message = str(refused.value)
     for index, layer in [(0, "shared.0"), (1, "shared.0"), (2, "wide.0")]:
         assert re.search(

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from .probe import run_model
-from .producers import output_producers, output_tensors
+from .producers import output_paths, output_producers, output_tensors
 
 __all__ = [
     "ModelSnapshot",
@@ -121,12 +121,26 @@ class ModelSnapshot:
 
 
 class RunFailure(Exception):
-    """The changed model failed to run; ``where`` names the module whose forward failed."""
+    """The changed model failed to run; ``where`` names the module whose forward failed.
 
-    def __init__(self, where: str, error: BaseException | None, message: str) -> None:
+    For changed output shapes ``layers`` holds the convolution or Linear layers that
+    make the changed outputs (the ones to put in ``ignored_layers``), and ``where``
+    their names."""
+
+    def __init__(
+        self,
+        where: str,
+        error: BaseException | None,
+        message: str,
+        *,
+        layers: tuple[nn.Module, ...] = (),
+        shapes_changed: bool = False,
+    ) -> None:
         super().__init__(message)
         self.where = where
         self.error = error
+        self.layers = layers
+        self.shapes_changed = shapes_changed
 
 
 @dataclass(frozen=True)
@@ -289,23 +303,32 @@ def check_still_runs(model: nn.Module, example_inputs: Any, expected: RunSignatu
     tensors = output_tensors(output)
     shapes = [tuple(t.shape) for t in tensors]
     if shapes != expected.outputs:
-        raise _shapes_changed(model, example_inputs, expected.outputs, shapes)
+        raise _shapes_changed(model, example_inputs, expected.outputs, shapes, output_paths(output))
     for tensor in tensors:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise RunFailure("the model's output", None, "the model's output is not finite")
 
 
 def _shapes_changed(
-    model: nn.Module, example_inputs: Any, before: list[tuple[int, ...]], after: list[Any]
+    model: nn.Module,
+    example_inputs: Any,
+    before: list[tuple[int, ...]],
+    after: list[Any],
+    paths: list[str],
 ) -> RunFailure:
-    """The :class:`RunFailure` for changed output shapes: every output that changed, and
-    the convolution or Linear layers that make each (its ``where``: all of them)."""
-    names = {m: n for n, m in model.named_modules()}
-    producers = output_producers(model, example_inputs)
+    """The :class:`RunFailure` for changed output shapes: every output that changed (by
+    its position, and its path in the output when that says more), and the convolution
+    or Linear layers that make each (its ``layers``; ``where``: their names)."""
+    unknown = "the layers that make the model's outputs"
     if len(before) != len(after):
         return RunFailure(
-            "?", None, f"the model's output shapes changed from {before} to {after} (another count)"
+            unknown,
+            None,
+            f"the model's output shapes changed from {before} to {after} (another count)",
+            shapes_changed=True,
         )
+    names = {m: n for n, m in model.named_modules()}
+    producers = output_producers(model, example_inputs)
     changed: list[str] = []
     layers: dict[nn.Module, None] = {}
     for index, (was, now) in enumerate(zip(before, after, strict=True)):
@@ -314,9 +337,17 @@ def _shapes_changed(
         makers = producers[index] if index < len(producers) else []
         layers.update(dict.fromkeys(makers))
         made = ", ".join(f"'{names[m]}' ({type(m).__name__})" for m in makers) or "no layer found"
-        changed.append(f"output {index} from {was} to {tuple(now)} (made by {made})")
-    where = ", ".join(f"'{names[m]}'" for m in layers) if layers else "?"
-    return RunFailure(where, None, "the model's output shapes changed: " + "; ".join(changed))
+        path = paths[index] if len(paths) == len(after) else "out"
+        at = f" ({path})" if path not in ("out", f"out[{index}]") else ""
+        changed.append(f"output {index}{at} from {was} to {tuple(now)} (made by {made})")
+    where = ", ".join(f"'{names[m]}'" for m in layers) if layers else unknown
+    return RunFailure(
+        where,
+        None,
+        "the model's output shapes changed: " + "; ".join(changed),
+        layers=tuple(layers),
+        shapes_changed=True,
+    )
 
 
 # ---------------------------------------------------------------------- all or nothing

@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_flatten
 from .layers import ROOT_TYPES
 from .probe import run_model
 
-__all__ = ["output_producers", "output_tensors"]
+__all__ = ["output_paths", "output_producers", "output_tensors"]
 
 
 def output_tensors(output: Any) -> list[torch.Tensor]:
@@ -38,6 +38,41 @@ def output_tensors(output: Any) -> list[torch.Tensor]:
         elif hasattr(leaf, "to_tuple"):  # Hugging Face ModelOutput
             found.extend(output_tensors(list(leaf.to_tuple())))
     return found
+
+
+def output_paths(output: Any) -> list[str]:
+    """Where each tensor of :func:`output_tensors` sits in ``output``, as Python would
+    index it: ``"out"`` for a lone tensor, ``"out[1]"``, ``"out['seg']"``,
+    ``"out.logits"`` (a Hugging Face ``ModelOutput``). Empty when the structure holds
+    something this walk does not know (a registered pytree class), so that callers can
+    fall back to positions.
+
+    Example:
+        >>> import torch
+        >>> output_paths({"seg": torch.ones(1), "aux": [torch.ones(1), None]})
+        ["out['seg']", "out['aux'][0]"]
+    """
+    paths: list[str] = []
+
+    def walk(value: Any, path: str) -> bool:
+        if isinstance(value, torch.Tensor):
+            paths.append(path)
+        elif hasattr(value, "to_tuple") and hasattr(value, "keys"):  # ModelOutput
+            return all(walk(item, f"{path}.{key}") for key, item in value.items())
+        elif isinstance(value, dict):
+            return all(walk(item, f"{path}[{key!r}]") for key, item in value.items())
+        elif isinstance(value, (tuple, list)):
+            fields = getattr(value, "_fields", None)  # a namedtuple
+            return all(
+                walk(item, f"{path}.{fields[i]}" if fields else f"{path}[{i}]")
+                for i, item in enumerate(value)
+            )
+        elif value is not None and tree_flatten(value)[0] != [value]:
+            return False  # a container this walk does not know
+        return True
+
+    known = walk(output, "out")
+    return paths if known and len(paths) == len(output_tensors(output)) else []
 
 
 def output_producers(model: nn.Module, example_inputs: Any) -> list[list[nn.Module]]:

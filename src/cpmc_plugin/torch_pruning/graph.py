@@ -37,7 +37,8 @@ def describe_host_failure(error: BaseException) -> str:
 
     It says that the model itself ran (the caller checked), quotes the exception with
     where it came from, and gives the advice that fits its cause: autograd switched off
-    around the call, an error inside one of the caller's customized pruners, or an
+    around the call, an error inside one of the caller's customized pruners, an output
+    the host cannot read (``None`` beside the tensors: ``output_transform``), or an
     operation the host cannot follow.
     """
     what = f"{type(error).__name__}: {error}"
@@ -61,6 +62,14 @@ def describe_host_failure(error: BaseException) -> str:
             "It follows channels through autograd, which was switched off around the "
             "call (torch.inference_mode(), or set_grad_enabled(False) inside the model's "
             "forward): build the pruner outside such a block"
+        )
+    if host and host[-1].name == "flatten_as_list":
+        return (
+            "the model runs on example_inputs, but torch-pruning's DependencyGraph cannot "
+            f"read its output: {what}{where}. The host reads the output's tensors only "
+            "through lists, tuples and dicts (no None, numbers or other objects in them): "
+            "pass output_transform= a function that returns the output's tensors (e.g. "
+            "output_transform=lambda out: out[0])"
         )
     return (
         "the model runs on example_inputs, but torch-pruning's DependencyGraph failed to "

@@ -57,6 +57,7 @@ from .heads import class_members, head_layout, is_attention, uniform_members
 from .importance import CPMCImportance, RankingScope
 from .negative_concat import fixed_graphs
 from .planning import Plan
+from .refusals import output_refusal, reaching_output, run_refusal
 from .removal import Removal, groups_in_order
 
 __all__ = ["CPMCPruner"]
@@ -67,14 +68,6 @@ TOLERANCE = 0.005  # 0.5 percentage points
 
 #: how often a step re-plans against the measured count before it refuses
 MAX_CORRECTIONS = 8
-
-
-#: what to try when a pruned model no longer runs
-_RUN_HINT = (
-    "put the layer (or the layers that feed the failing operation) in ignored_layers; "
-    "for a transformer, pass its head options (num_heads=...) and let the model's own "
-    "shape attributes follow (e.g. torchvision ViT's hidden_dim)"
-)
 
 
 @dataclass
@@ -181,6 +174,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         calibration_finetune_steps: fine-tune the calibration's best 8 plans for this
             many SGD steps and pick by the held-out loss after them, as
             ``calibrate_importance(finetune_steps=...)`` (0: no fine-tune).
+        calibration_progress: show a progress bar (tqdm) over the calibration's candidates.
         num_heads: ``{projection: heads}`` for the query, key and value projections (or
             one packed ``qkv`` projection) of each attention layer, as for the host; then
             heads are units of the budget. :func:`~cpmc_plugin.head_options` returns it.
@@ -246,6 +240,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         calibration_batches: int = 8,
         calibration_loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         calibration_finetune_steps: int = 0,
+        calibration_progress: bool = False,
         num_heads: Mapping[nn.Module, int] | None = None,
         prune_num_heads: bool | None = None,
         prune_head_dims: bool = False,
@@ -276,6 +271,7 @@ class CPMCPruner(tp.pruner.BasePruner):
                     "calibration_loss_fn scores calibration candidates: give calibration_data too"
                 )
         tune_steps = integer("calibration_finetune_steps", calibration_finetune_steps, minimum=0)
+        flag("calibration_progress", calibration_progress)
         if tune_steps and calibration_data is None:
             raise ValueError(
                 "calibration_finetune_steps fine-tunes calibration candidates: give "
@@ -411,6 +407,7 @@ class CPMCPruner(tp.pruner.BasePruner):
                 batches=calibration_batches,
                 loss_fn=calibration_loss_fn,
                 finetune_steps=calibration_finetune_steps,
+                progress=calibration_progress,
             )
             self.calibration = self.importance.calibration
 
@@ -732,10 +729,16 @@ class CPMCPruner(tp.pruner.BasePruner):
             self._corrected_target = None
 
     def _apply(self, plan: Plan) -> None:
+        """Prune the plan's groups; a plan that reaches the output is refused once it is
+        all applied (the caller restores), so that one refusal names every output."""
+        self._reaching: list[nn.Module] = []  # layers of groups that reach the output
         for _, group in groups_in_order(self.DG, plan.removals, self._check_group):
             group.prune()
             self._latest = None  # counted when next needed
         self._shapes_changed()
+        if self._reaching:
+            self._check_runs()  # raises, with the outputs' shapes when they changed
+            raise output_refusal(self.DG, self._reaching, None)
 
     def _kept_layers(self, unit: GroupUnits) -> tuple[nn.Module, ...]:
         """Layers of ``unit``'s group that its prune leaves alone: grouped-query attention's
@@ -758,41 +761,24 @@ class CPMCPruner(tp.pruner.BasePruner):
         sync_shape_attributes(self.model)
 
     def _check_group(self, removal: Removal, group: tp.Group) -> None:
-        """Refuse a planned group that reaches the model's output or would empty a layer."""
-        if any(item.dep.target.type == tp.ops.OPTYPE.OUTPUT for item in group):
-            names = [
-                f"'{self.DG._module2name[m]}' ({type(m).__name__})"
-                for m in dict.fromkeys(
-                    item.dep.target.module
-                    for item in group
-                    if isinstance(item.dep.target.module, ROOT_TYPES)
-                    and self.DG.is_out_channel_pruning_fn(item.dep.handler)
-                )
-            ]
-            raise ValueError(
-                f"CPMCPruner refused the step: removing channels of {', '.join(names)} would "
-                "change the shape of the model's output (those channels are the output). Put "
-                "the layer that produces the output in ignored_layers. The model is unchanged"
-            )
-        if not self.DG.check_pruning_group(group):
+        """Note a planned group that reaches the model's output (``_apply`` refuses the
+        plan once all of it is known); refuse one that would empty a layer."""
+        reaching = reaching_output(self.DG, group)
+        self._reaching.extend(reaching)
+        # (the host counts an output's channels by its shape: a [N, C] output has one)
+        if not reaching and not self.DG.check_pruning_group(group):
             raise RuntimeError(f"internal error: the plan would empty a layer ({group})")
 
     def _check_runs(self) -> None:
-        """Run the pruned model once; a ``ValueError`` (the caller restores) if it fails."""
+        """Run the pruned model once; a ``ValueError`` (the caller restores) if it fails or
+        changes the output shapes, naming every output and layer at once (see refusals)."""
         try:
             with eager_attention(self.model):
                 check_still_runs(self.model, self.example_inputs, self._signature)
         except RunFailure as failure:
-            if failure.error is None and "output shapes" in str(failure):
-                raise ValueError(
-                    f"CPMCPruner refused the step: {failure}. The model's outputs must keep "
-                    f"their shape: put {failure.where} in ignored_layers (all of them at "
-                    "once). The model is unchanged"
-                ) from None
-            raise ValueError(
-                f"CPMCPruner refused the step: after pruning, {failure}. The model is "
-                f"unchanged. To prune it, {_RUN_HINT}"
-            ) from failure.error
+            if failure.shapes_changed or self._reaching:
+                raise output_refusal(self.DG, self._reaching, failure) from failure.error
+            raise run_refusal(failure) from failure.error
 
     def _missed(self, target: float, tried: list[tuple[float, float]]) -> ValueError:
         initial = self._metric_of(self._initial)
