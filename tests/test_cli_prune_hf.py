@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,13 @@ def test_prune_hf_bad_input(
                   "--calibration-text", str(short)], capsys)  # fmt: skip
     assert "fewer than --context 128 + 2" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_prune_hf_without_transformers(
+    saved: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers fails
+    argv = ["prune-hf", "--model", str(saved), "--flops-reduction", "0.3",
+            "--out", str(tmp_path / "d")]  # fmt: skip
+    assert "prune-hf needs the transformers package: pip install" in _error(argv, capsys)
+    assert not (tmp_path / "d").exists()

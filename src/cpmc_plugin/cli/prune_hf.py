@@ -18,8 +18,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention.options import head_options
-from ..torch_pruning.calibration import calibrate_importance
-from ..torch_pruning.importance import CPMCImportance
 from ..torch_pruning.pruner import CPMCPruner
 from ._common import DEFAULT_FLOPS_REDUCTION, fresh_directory
 from .argtypes import fraction, positive_int
@@ -182,26 +180,29 @@ def _prune_hf(transformers: Any, args: argparse.Namespace) -> None:
     model, tokenizer = _load(transformers, folder)
     config: Any = model.config
     vocab = int(config.vocab_size)
-    options = head_options(model)
-    if text is not None:
+    calibration: dict[str, Any] = {}
+    if text is not None:  # cpmc-auto: CPMC's options chosen by next-token loss on the text
         ids = _token_ids(text, tokenizer, vocab)
         data = _calibration_batches(ids, args.context, args.calibration_batches, args.seed)
         example = ids[: args.tokens].unsqueeze(0)
-        importance = calibrate_importance(
-            model, example, data, flops_reduction=args.flops_reduction,
-            batches=args.calibration_batches, loss_fn=next_token_loss, progress=True, **options,
-        )  # fmt: skip
-        assert importance.calibration is not None
-        print(importance.calibration.table())
+        calibration = {
+            "calibration_data": data,
+            "calibration_batches": args.calibration_batches,
+            "calibration_loss_fn": next_token_loss,
+            "calibration_progress": True,
+        }
     else:
         g = torch.Generator().manual_seed(args.seed)
         example = torch.randint(0, vocab, (1, args.tokens), generator=g)
-        importance = CPMCImportance(example)
     before = _shape(model)
-    pruner = CPMCPruner(model, example, importance, flops_reduction=args.flops_reduction, **options)
+    pruner = CPMCPruner(
+        model, example, flops_reduction=args.flops_reduction, **calibration, **head_options(model)
+    )
+    if pruner.calibration is not None:
+        print(pruner.calibration.table())
     pruner.step()
     report = pruner.report()
-    print(f"criterion {'cpmc-auto' if text is not None else 'cpmc'}: {importance}")
+    print(f"criterion {'cpmc-auto' if text is not None else 'cpmc'}: {pruner.importance}")
     print(_table(before, _shape(model), (report.macs_before, report.macs_after)))
     out.mkdir(parents=True, exist_ok=True)
     saved: Any = model
