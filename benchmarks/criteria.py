@@ -107,14 +107,9 @@ from torch.utils.data import DataLoader, Subset
 
 from cpmc_plugin import get_preset
 from cpmc_plugin.core.presets import DEFAULT_ALPHA, DEFAULT_BETA, family_of
+from cpmc_plugin.criteria import CRITERIA, make_importance, needs_calibration, needs_gradients
 from cpmc_plugin.data import dataset_info, load_dataset, make_loaders
 from cpmc_plugin.models import create_model, list_models
-from cpmc_plugin.torch_pruning.criteria import (
-    CRITERIA,
-    make_importance,
-    needs_calibration,
-    needs_gradients,
-)
 from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
 from cpmc_plugin.training import Distributed, accuracy, fit, recalibrate_bn
 

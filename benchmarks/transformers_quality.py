@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from _common import ROOT, cached_baseline, log, provenance, write_json
 
 from cpmc_plugin import CPMCPruner, calibrate_importance, head_options
-from cpmc_plugin.torch_pruning.criteria import make_importance, needs_gradients
+from cpmc_plugin.criteria import make_importance, needs_gradients
 
 CRITERIA = ("cpmc-auto", "cpmc", "l1", "l2", "taylor")
 CACHE = ROOT / "benchmarks" / "results" / "cache"

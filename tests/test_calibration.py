@@ -24,9 +24,9 @@ from cpmc_plugin import CPMCImportance, CPMCPruner, calibrate_importance
 from cpmc_plugin.core.cpmc import combine_criteria, normalize
 from cpmc_plugin.core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset, list_presets
 from cpmc_plugin.core.proxy import proxy_score, split_batches
+from cpmc_plugin.criteria import make_importance, needs_calibration
 from cpmc_plugin.models import resnet20
-from cpmc_plugin.torch_pruning.calibration import DEFAULT_CANDIDATES, CalibrationReport
-from cpmc_plugin.torch_pruning.criteria import make_importance, needs_calibration
+from cpmc_plugin.torch_pruning.calibration.search import DEFAULT_CANDIDATES, CalibrationReport
 from cpmc_plugin.torch_pruning.importance import RankingScope
 from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
 

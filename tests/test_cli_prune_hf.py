@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cpmc_plugin.cli import main
-from cpmc_plugin.torch_pruning.counting import count_ops_and_params
+from cpmc_plugin.torch_pruning.cost.counting import count_ops_and_params
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,7 @@ import torch_pruning as tp
 import torchvision
 
 from cpmc_plugin.models import create_model, list_models
-from cpmc_plugin.torch_pruning.counting import _count, host_counter
+from cpmc_plugin.torch_pruning.cost.counting import _count, host_counter
 
 from .archs import ARCHS, build
 from .random_cnns import random_cnn

@@ -8,12 +8,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from cpmc_plugin import CPMCImportance, CPMCPruner, OICSRImportance
-from cpmc_plugin.torch_pruning.criteria import (
-    CRITERIA,
-    make_importance,
-    needs_calibration,
-    needs_gradients,
-)
+from cpmc_plugin.criteria import CRITERIA, make_importance, needs_calibration, needs_gradients
 
 from .archs import ARCHS, build, classifier_of
 

@@ -18,7 +18,7 @@ import torch_pruning as tp
 
 from cpmc_plugin.models import create_model
 from cpmc_plugin.models.densenet import DenseNet
-from cpmc_plugin.torch_pruning.indexing import positions_in, root_lookup
+from cpmc_plugin.torch_pruning.graph.indexing import positions_in, root_lookup
 
 ROOTS = (nn.modules.conv._ConvNd, nn.Linear)
 

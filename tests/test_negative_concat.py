@@ -16,7 +16,7 @@ import torch_pruning as tp
 from torch_pruning.dependency import index_mapping
 
 from cpmc_plugin import CPMCPruner, fixed_graphs
-from cpmc_plugin.torch_pruning.negative_concat import unmap_non_channel_concats
+from cpmc_plugin.torch_pruning.graph.negative_concat import unmap_non_channel_concats
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

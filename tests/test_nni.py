@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from cpmc_plugin import CPMCImportance
+from cpmc_plugin.torch_pruning.importance import RankingScope
 
 from .archs import ARCHS, build
 from .helpers import masked_copy
@@ -141,7 +142,7 @@ def test_scores_are_cpmc_importance() -> None:
     graph = tp.DependencyGraph().build_dependency(model, X64)
     importance = CPMCImportance(X64)
     groups = list(graph.get_all_groups(ignored_layers=[model.fc]))
-    importance.prepare(graph, groups)
+    importance.set_scope(graph, RankingScope(tuple(groups)))
     group = next(g for g in groups if g[0].dep.target.module is model.layer3[0].conv1)
     torch.testing.assert_close(metrics["layer3.0.conv1"]["weight"], importance(group))
 
@@ -154,7 +155,7 @@ def test_per_cost_scores_are_cpmc_importances_per_cost_scores() -> None:
     graph = tp.DependencyGraph().build_dependency(model, X64)
     importance = CPMCImportance(X64, combine="per-cost")
     groups = list(graph.get_all_groups(ignored_layers=[model.fc]))
-    importance.prepare(graph, groups)
+    importance.set_scope(graph, RankingScope(tuple(groups)))
     group = next(g for g in groups if g[0].dep.target.module is model.layer3[0].conv1)
     torch.testing.assert_close(metrics["layer3.0.conv1"]["weight"], importance(group))
     assert (pruner.importance.alpha, pruner.importance.beta) == (0.0, 0.0)

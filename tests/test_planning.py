@@ -11,10 +11,10 @@ import torch.nn as nn
 
 from cpmc_plugin.core.budget import remove_lowest
 from cpmc_plugin.torch_pruning import Plan, plan_budget
-from cpmc_plugin.torch_pruning.graph import build_graph
+from cpmc_plugin.torch_pruning.graph.build import build_graph
+from cpmc_plugin.torch_pruning.graph.removal import Removal, RemovalFailed, prune_in_order
 from cpmc_plugin.torch_pruning.importance import CPMCImportance, RankingScope
 from cpmc_plugin.torch_pruning.pruner import CPMCPruner
-from cpmc_plugin.torch_pruning.removal import Removal, RemovalFailed, prune_in_order
 
 
 def _net() -> nn.Sequential:
@@ -138,15 +138,13 @@ def test_remove_lowest_unit_weights_match_the_unweighted_rule() -> None:
         assert [p.tolist() for p in plain] == [w.tolist() for w in weighted]
 
 
-def test_set_scope_scores_as_prepare_keep() -> None:
+def test_set_scope_takes_only_a_ranking_scope() -> None:
     net = _net()
     graph = build_graph(net, X)
     groups = list(graph.get_all_groups(ignored_layers=[net[5]]))
-    new, old = CPMCImportance(X), CPMCImportance(X)
+    new = CPMCImportance(X)
     new.set_scope(graph, RankingScope(tuple(groups)))
-    old.prepare(graph, groups, keep=True)
-    for group in groups:
-        assert torch.equal(new(group), old(group))
+    assert all(len(new(group)) == len(group[0].idxs) for group in groups)
     with pytest.raises(TypeError, match="scope must be a RankingScope, got list"):
         new.set_scope(graph, groups)  # type: ignore[arg-type]
 
@@ -173,7 +171,7 @@ def test_prune_in_order_skips_or_refuses_an_emptying_group() -> None:
 def test_the_hosts_groups_plan_as_groups_read_again(seed: int) -> None:
     """The pruner plans with the groups torch-pruning read while it was constructed;
     the plan equals the one made from groups the graph derives again."""
-    from cpmc_plugin.torch_pruning.graph import remembering_groups
+    from cpmc_plugin.torch_pruning.graph.build import remembering_groups
 
     from .random_cnns import random_cnn
 

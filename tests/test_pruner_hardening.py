@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from cpmc_plugin import CPMCPruner
 from cpmc_plugin.core.atomic import ModelSnapshot
 from cpmc_plugin.torch_pruning import pruner as pruner_module
-from cpmc_plugin.torch_pruning._ranking import _next_planning_target
+from cpmc_plugin.torch_pruning.planning.correction import _next_planning_target
 
 from .helpers import assert_state_unchanged, snapshot
 

@@ -186,7 +186,7 @@ class ConcatIntoFlatten(nn.Module):
 
 
 def test_concat_flattened_into_linear_maps_each_segment() -> None:
-    from cpmc_plugin.torch_pruning.graph import repair_concat_mappings
+    from cpmc_plugin.torch_pruning.graph.build import repair_concat_mappings
 
     torch.manual_seed(0)
     model, x = ConcatIntoFlatten(), torch.randn(1, 3, 8, 8)
@@ -286,7 +286,7 @@ class ConcatIntoGroupedConv(nn.Module):
 
 
 def test_grouped_conv_reading_a_concat_is_left_whole() -> None:
-    from cpmc_plugin.torch_pruning._coupling import misaligned_grouped_conv
+    from cpmc_plugin.torch_pruning.graph.coupling import misaligned_grouped_conv
 
     torch.manual_seed(0)
     model, x = ConcatIntoGroupedConv(), torch.randn(1, 3, 8, 8)
@@ -327,7 +327,7 @@ class SplitIntoReusedConv(nn.Module):
 
 
 def test_split_into_a_reused_conv_couples_the_two_pieces() -> None:
-    from cpmc_plugin.torch_pruning._coupling import hidden_coupling
+    from cpmc_plugin.torch_pruning.graph.coupling import hidden_coupling
 
     torch.manual_seed(0)
     model, x = SplitIntoReusedConv(), torch.randn(1, 3, 6, 6)
@@ -532,7 +532,7 @@ class GatedHalves(nn.Module):
 
 @pytest.mark.parametrize("metric", ["macs", "params"])
 def test_gated_halves_of_one_conv_go_together(metric: str) -> None:
-    from cpmc_plugin.torch_pruning._coupling import hidden_coupling
+    from cpmc_plugin.torch_pruning.graph.coupling import hidden_coupling
 
     torch.manual_seed(0)
     model, x = GatedHalves(), torch.randn(1, 3, 8, 8)

@@ -17,12 +17,12 @@ import torch.nn as nn
 
 from cpmc_plugin.core.presets import PRESETS, family_of
 from cpmc_plugin.core.registry import Registry
+from cpmc_plugin.criteria import CRITERIA, CRITERIA_REGISTRY, make_importance
 from cpmc_plugin.data import DATASETS, load_dataset
 from cpmc_plugin.data._load import _AUGMENT
 from cpmc_plugin.models import MODELS, create_model
 from cpmc_plugin.sparse import SparseRegularizer
 from cpmc_plugin.sparse.factory import SPARSE, make_regularizer
-from cpmc_plugin.torch_pruning.criteria import CRITERIA, CRITERIA_REGISTRY, make_importance
 from cpmc_plugin.torch_pruning.importance import CPMCImportance
 from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
 

@@ -15,8 +15,8 @@ import torch
 import torch_pruning as tp
 
 from cpmc_plugin import CPMCPruner
-from cpmc_plugin.torch_pruning.calibration import DEFAULT_CANDIDATES
-from cpmc_plugin.torch_pruning.graph import PruneSnapshot
+from cpmc_plugin.torch_pruning.calibration.search import DEFAULT_CANDIDATES
+from cpmc_plugin.torch_pruning.graph.build import PruneSnapshot
 from tests.archs import ARCHS, TinyDenseNet, build
 
 __all__: list[str] = []

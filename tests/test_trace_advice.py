@@ -10,7 +10,7 @@ import torch_pruning as tp
 
 from cpmc_plugin import CPMCPruner
 from cpmc_plugin.models import create_model
-from cpmc_plugin.torch_pruning.graph import describe_host_failure
+from cpmc_plugin.torch_pruning.graph.build import describe_host_failure
 
 __all__: list[str] = []
 

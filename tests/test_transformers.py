@@ -11,7 +11,7 @@ import torch_pruning as tp
 
 from cpmc_plugin import CPMCImportance, CPMCPruner, fixed_graphs, head_options
 from cpmc_plugin.attention import non_uniform_fields, sync_shape_attributes
-from cpmc_plugin.torch_pruning.counting import _count
+from cpmc_plugin.torch_pruning.cost.counting import _count
 
 from .transformer_zoo import ZOO, hf_causal, logits
 
@@ -224,7 +224,7 @@ def test_the_nni_pruner_refuses_a_transformer(name: str) -> None:
 
 
 def test_embedding_and_attention_weights_are_scored_by_hand() -> None:
-    from cpmc_plugin.torch_pruning.group_stats import group_stats
+    from cpmc_plugin.torch_pruning.graph.group_stats import group_stats
 
     torch.manual_seed(0)
     embed, attention = nn.Embedding(5, 4), nn.MultiheadAttention(4, 2, batch_first=True)

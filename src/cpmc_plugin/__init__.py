@@ -32,10 +32,10 @@ if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they lo
     from .sparse.oicsr import OICSRImportance, OICSRRegularizer
     from .sparse.protocol import SparseRegularizer
     from .sparse.ssr import SSRImportance, SSRRegularizer
-    from .torch_pruning.calibration import CalibrationReport, calibrate_importance
+    from .torch_pruning.calibration.search import CalibrationReport, calibrate_importance
+    from .torch_pruning.graph.negative_concat import fixed_graphs
     from .torch_pruning.history import load_pruned, save_pruned
     from .torch_pruning.importance import CPMCImportance
-    from .torch_pruning.negative_concat import fixed_graphs
     from .torch_pruning.pruner import CPMCPruner
 
 #: public name -> the module (relative to this package) that defines it. A name is
@@ -44,10 +44,10 @@ _EXPORTS: dict[str, str] = {
     "CPMCPruner": ".torch_pruning.pruner",
     "head_options": ".attention.options",
     "eager_attention": ".attention.eager",
-    "fixed_graphs": ".torch_pruning.negative_concat",
+    "fixed_graphs": ".torch_pruning.graph.negative_concat",
     "CPMCImportance": ".torch_pruning.importance",
-    "calibrate_importance": ".torch_pruning.calibration",
-    "CalibrationReport": ".torch_pruning.calibration",
+    "calibrate_importance": ".torch_pruning.calibration.search",
+    "CalibrationReport": ".torch_pruning.calibration.search",
     "load_pruned": ".torch_pruning.history",
     "save_pruned": ".torch_pruning.history",
     "NORMALIZERS": ".core.cpmc",

@@ -64,10 +64,6 @@ def _sync_attention(module: Any) -> None:
         _set(module, "all_head_size", query.out_features)
 
 
-def _first(model: nn.Module, test: Any) -> Any:
-    return next((m for m in model.modules() if test(m)), None)
-
-
 def _config_widths(model: nn.Module) -> dict[str, list[int]]:
     """Each config field's value in every layer, read from the layers."""
     widths: dict[str, list[int]] = {}

@@ -9,7 +9,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..data import make_loaders
-from ..torch_pruning.counting import count_ops_and_params
+from ..torch_pruning.cost.counting import count_ops_and_params
 from ..training import Distributed
 from .checkpoint import Checkpoint
 

@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from ..core.presets import family_of
+from ..criteria import needs_calibration, needs_gradients
 from ..data import dataset_info, make_loaders
 from ..models import create_model
-from ..torch_pruning.criteria import needs_calibration, needs_gradients
-from ..torch_pruning.pruner import CPMCPruner
 from ..training import accuracy, distributed, fit
 from . import report as reporting
 from ._common import (
@@ -73,7 +71,6 @@ __all__ = [
     "non_negative",
     "non_negative_int",
     "positive_int",
-    "prune_model",
     "unit_interval",
 ]
 
@@ -305,31 +302,6 @@ def _run(args: argparse.Namespace, *, threads_source: str | None = None) -> None
             f"{describe_threads(args.threads, threads_source)}"
         )
     COMMANDS[args.command](args)
-
-
-def prune_model(
-    model: nn.Module,
-    ckpt: Checkpoint,
-    settings: CriterionSettings,
-    *,
-    flops_reduction: float | None = None,
-    params_reduction: float | None = None,
-    steps: int = 1,
-    grad_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> CPMCPruner:
-    """Prune ``model`` in place with the criterion of ``settings`` to the budget.
-
-    Kept for existing callers: it is :meth:`CriterionSettings.prune` on ``ckpt``'s
-    example input, which the ``prune`` and ``report`` commands call.
-    """
-    return settings.prune(
-        model,
-        ckpt.example_inputs,
-        flops_reduction=flops_reduction,
-        params_reduction=params_reduction,
-        steps=steps,
-        grad_batch=grad_batch,
-    )
 
 
 # ---------------------------------------------------------------------- entry point

@@ -7,10 +7,10 @@ import argparse
 import torch
 
 from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, list_presets
+from ..criteria import CRITERIA
 from ..data import list_datasets
 from ..models import list_models
 from ..sparse.factory import SPARSE_METHODS
-from ..torch_pruning.criteria import CRITERIA
 from ._common import DEFAULT_FLOPS_REDUCTION
 from .argtypes import fraction, non_negative, non_negative_int, positive_int, unit_interval
 from .prune_hf import add_prune_hf_parser

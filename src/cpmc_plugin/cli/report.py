@@ -28,8 +28,8 @@ import torch.nn as nn  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from ..torch_pruning.counting import count_ops_and_params  # noqa: E402
-from ..torch_pruning.criteria import needs_gradients  # noqa: E402
+from ..criteria import needs_gradients  # noqa: E402
+from ..torch_pruning.cost.counting import count_ops_and_params  # noqa: E402
 from ..training import accuracy, recalibrate_bn  # noqa: E402
 from .checkpoint import Checkpoint  # noqa: E402
 from .settings import CriterionSettings  # noqa: E402

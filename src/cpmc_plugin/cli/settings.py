@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
 from ..core.validate import integer
-from ..torch_pruning.criteria import make_importance, needs_calibration, needs_gradients
+from ..criteria import make_importance, needs_calibration, needs_gradients
 from ..torch_pruning.host import Importance
 from ..torch_pruning.importance import CPMCImportance
 from ..torch_pruning.oneshot import prune_to_budget

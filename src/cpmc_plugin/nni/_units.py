@@ -19,8 +19,8 @@ import torch.nn as nn
 from nni.compression.base.config import select_modules_by_config
 
 from ..core.layers import NORM_TYPES, ROOT_TYPES
+from ..torch_pruning.graph.removal import blocks_line_up, channel_blocks
 from ..torch_pruning.host import DependencyGraph, Group
-from ..torch_pruning.removal import blocks_line_up, channel_blocks
 
 __all__ = [
     "Setting",

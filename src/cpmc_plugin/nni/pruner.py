@@ -14,12 +14,12 @@ from nni.compression.base.compressor import Pruner
 from ..core.budget import remove_lowest
 from ..core.layers import ROOT_TYPES
 from ..core.validate import fraction
-from ..torch_pruning.attention_macs import attention_modules
-from ..torch_pruning.graph import build_graph, repair_concat_mappings
+from ..torch_pruning.cost.attention import attention_modules
+from ..torch_pruning.graph.build import build_graph, repair_concat_mappings
+from ..torch_pruning.graph.indexing import item_positions, positions_in, root_lookup
 from ..torch_pruning.host import Group
 from ..torch_pruning.importance import CPMCImportance, RankingScope
-from ..torch_pruning.indexing import item_positions, positions_in, root_lookup
-from ..torch_pruning.planning import plan_budget
+from ..torch_pruning.planning.plan import plan_budget
 from ._units import (
     Setting,
     bounds,

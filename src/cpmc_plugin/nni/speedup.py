@@ -6,8 +6,8 @@ layer's shift, through the activations), and the next layers read it. When the
 masks also zero the norm layer's weight and bias (as :class:`~cpmc_plugin.nni.CPMCPruner`'s
 masks do) that constant is 0 and the channel simply goes. Otherwise the constant is
 folded into the biases of the layers that read it where that is exact (a Linear, a
-conv without zero padding; :mod:`cpmc_plugin.torch_pruning.fold`), and the channel stays, masked,
-where it is not (a zero-padded conv), with a warning naming the layers.
+conv without zero padding; :mod:`cpmc_plugin.torch_pruning.graph.fold`), and the channel
+stays, masked, where it is not (a zero-padded conv), with a warning naming the layers.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from torch.utils._pytree import tree_flatten
 from ..core.atomic import prune_atomically
 from ..core.layers import ROOT_TYPES
 from ..core.probe import forward_once
-from ..torch_pruning.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
-from ..torch_pruning.graph import build_graph, repair_concat_mappings
-from ..torch_pruning.host import DependencyGraph, Group
-from ..torch_pruning.indexing import item_positions, root_lookup
-from ..torch_pruning.removal import (
+from ..torch_pruning.graph.build import build_graph, repair_concat_mappings
+from ..torch_pruning.graph.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
+from ..torch_pruning.graph.indexing import item_positions, root_lookup
+from ..torch_pruning.graph.removal import (
     Removal,
     RemovalFailed,
     align_to_blocks,
@@ -36,6 +35,7 @@ from ..torch_pruning.removal import (
     channel_blocks,
     prune_in_order,
 )
+from ..torch_pruning.host import DependencyGraph, Group
 
 __all__ = ["speedup"]
 

@@ -22,10 +22,10 @@ from ..core import validate
 from ..core.atomic import prune_atomically
 from ..core.layers import ROOT_TYPES, unwrap
 from ..core.proximal import group_norms
-from ..torch_pruning.graph import build_graph
+from ..torch_pruning.graph.build import build_graph
+from ..torch_pruning.graph.removal import remove_small_groups
+from ..torch_pruning.graph.weight_groups import WeightGroups
 from ..torch_pruning.host import DependencyGraph, Group
-from ..torch_pruning.removal import remove_small_groups
-from ..torch_pruning.weight_groups import WeightGroups
 
 __all__ = ["RUN_HINT", "GroupRegularizer", "WeightGroupRegularizer", "warn_unsupported"]
 

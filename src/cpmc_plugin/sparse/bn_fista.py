@@ -22,11 +22,11 @@ import torch.nn as nn
 from ..core import fista, validate
 from ..core.layers import unwrap
 from ..core.proximal import soft_threshold
-from ..torch_pruning.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
-from ..torch_pruning.group_stats import is_out_item
+from ..torch_pruning.graph.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
+from ..torch_pruning.graph.group_stats import is_out_item
+from ..torch_pruning.graph.indexing import item_positions, root_lookup
+from ..torch_pruning.graph.removal import Removal, apply_removals, plan_removal, validated
 from ..torch_pruning.host import Group
-from ..torch_pruning.indexing import item_positions, root_lookup
-from ..torch_pruning.removal import Removal, apply_removals, plan_removal, validated
 from ._base import _REMOVAL_STACKLEVEL, GroupRegularizer
 
 __all__ = ["BNFISTARegularizer"]

@@ -22,8 +22,8 @@ from ..core.proximal import (
     group_shrink_factors,
     group_size_weights,
 )
+from ..torch_pruning.graph.weight_groups import WeightGroups
 from ..torch_pruning.host import Group, Importance
-from ..torch_pruning.weight_groups import WeightGroups
 from ._base import WeightGroupRegularizer, warn_unsupported
 
 __all__ = ["OICSRImportance", "OICSRRegularizer"]

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..core import aulm, validate
 from ..core.proximal import group_shrink_factors, group_size_weights, top_k_factors
-from ..torch_pruning.weight_groups import WeightGroups
+from ..torch_pruning.graph.weight_groups import WeightGroups
 from ._base import WeightGroupRegularizer
 from .oicsr import OICSRImportance
 
@@ -279,7 +279,7 @@ class SSRImportance(OICSRImportance):
         >>> with torch.no_grad():
         ...     _ = net[0].weight.copy_(torch.tensor([[1., 0, 0], [3., 0, 0]]).view(2, 3, 1, 1))
         ...     _ = net[0].bias.copy_(torch.tensor([0., 4.]))
-        >>> from cpmc_plugin.torch_pruning.graph import build_graph
+        >>> from cpmc_plugin.torch_pruning.graph.build import build_graph
         >>> graph = build_graph(net, torch.randn(1, 3, 4, 4))
         >>> SSRImportance()(graph.get_pruning_group(net[0], graph.get_pruner_of_module(
         ...     net[0]).prune_out_channels, [0, 1]))      # 1^2 + 0^2, 3^2 + 4^2

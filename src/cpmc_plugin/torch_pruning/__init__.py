@@ -2,7 +2,7 @@
 
 Other folders reach the host through the modules here, e.g. its types through
 :mod:`cpmc_plugin.torch_pruning.host` and the root-index map through
-:mod:`cpmc_plugin.torch_pruning.indexing`. Import a name from the module that
+:mod:`cpmc_plugin.torch_pruning.graph.indexing`. Import a name from the module that
 defines it. This ``__init__`` stays lazy (PEP 562): ``_EXPORTS`` maps a public name
 to the module that defines it, imported on first access.
 """
@@ -15,12 +15,9 @@ from ..core.lazy import lazy_exports
 _EXPORTS: dict[str, str] = {
     "CPMCImportance": ".importance",
     "CPMCPruner": ".pruner",
-    "CRITERIA": ".criteria",
     "load_pruned": ".history",
-    "make_importance": ".criteria",
-    "needs_gradients": ".criteria",
-    "Plan": ".planning",
-    "plan_budget": ".planning",
+    "Plan": ".planning.plan",
+    "plan_budget": ".planning.plan",
     "save_pruned": ".history",
 }
 

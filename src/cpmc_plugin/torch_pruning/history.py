@@ -37,7 +37,7 @@ import torch_pruning as tp
 from ..attention.eager import eager_attention
 from ..attention.shapes import sync_shape_attributes
 from ..core.tracing import autograd_on
-from .negative_concat import unmap_non_channel_concats
+from .graph.negative_concat import unmap_non_channel_concats
 
 __all__ = ["FORMAT", "load_pruned", "plain_history", "replay_history", "save_pruned"]
 

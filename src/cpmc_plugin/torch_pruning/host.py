@@ -9,6 +9,9 @@ itself, so that this folder stays the only one that imports the host.
   ``idxs`` and ``root_idxs``.
 - ``Importance``: ``importance(group)`` gives one score per root channel (or ``None``).
 - ``BasePruner``, ``MetaPruner``: the host's pruners.
+- the host's own criteria (``GroupMagnitudeImportance``, ``BNScaleImportance``,
+  ``LAMPImportance``, ``GroupTaylorImportance``, ``RandomImportance``), which
+  :mod:`cpmc_plugin.criteria` offers by name.
 
 Example:
     >>> import torch_pruning as tp
@@ -20,6 +23,25 @@ from __future__ import annotations
 
 from torch_pruning import Dependency, DependencyGraph, Group
 from torch_pruning.pruner import BasePruner, MetaPruner
-from torch_pruning.pruner.importance import Importance
+from torch_pruning.pruner.importance import (
+    BNScaleImportance,
+    GroupMagnitudeImportance,
+    GroupTaylorImportance,
+    Importance,
+    LAMPImportance,
+    RandomImportance,
+)
 
-__all__ = ["BasePruner", "Dependency", "DependencyGraph", "Group", "Importance", "MetaPruner"]
+__all__ = [
+    "BNScaleImportance",
+    "BasePruner",
+    "Dependency",
+    "DependencyGraph",
+    "Group",
+    "GroupMagnitudeImportance",
+    "GroupTaylorImportance",
+    "Importance",
+    "LAMPImportance",
+    "MetaPruner",
+    "RandomImportance",
+]

@@ -23,10 +23,10 @@ from ..core.layers import ROOT_TYPES
 from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
 from ..core.probe import probe_positions
 from ..core.validate import flag, one_of
-from .group_stats import GroupStats, group_stats
+from .graph.group_stats import GroupStats, group_stats
 
 if TYPE_CHECKING:
-    from .calibration import CalibrationReport
+    from .calibration.search import CalibrationReport
 
 __all__ = ["CPMCImportance", "RankingScope"]
 
@@ -198,22 +198,6 @@ class CPMCImportance(tp.importance.Importance):
         self._scope_metric = scope.metric
         positions = None if scope.positions is None else dict(scope.positions)
         self._prepare(graph, scope.groups, positions, keep=True)
-
-    def prepare(
-        self,
-        graph: tp.DependencyGraph,
-        groups: Iterable[tp.Group],
-        positions: dict[nn.Module, int] | None = None,
-        *,
-        keep: bool = False,
-    ) -> None:
-        """Compute the global maxima of P and F over ``groups`` (compatibility).
-
-        Kept for existing callers: ``keep=False`` sets the maxima only; ``keep=True``
-        also reuses the statistics of these group objects when they are scored, as
-        :meth:`set_scope` does (which new code should call).
-        """
-        self._prepare(graph, groups, positions, keep)
 
     def _prepare(
         self,

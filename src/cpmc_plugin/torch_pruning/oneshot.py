@@ -7,7 +7,7 @@ that step sees; the gradients are cleared afterwards.
 Example:
     >>> import torch
     >>> from cpmc_plugin.models import resnet20
-    >>> from cpmc_plugin.torch_pruning.criteria import make_importance
+    >>> from cpmc_plugin.criteria import make_importance
     >>> _ = torch.manual_seed(0)
     >>> model, x = resnet20(num_classes=3), torch.randn(1, 3, 16, 16)
     >>> pruner = prune_to_budget(model, x, make_importance("l1"), flops_reduction=0.5)

@@ -31,9 +31,23 @@ from ..core.probe import forward_once, positions_by_module, record_calls
 from ..core.report import LayerChannels, PruneReport
 from ..core.ties import TiedGroups, tie_groups
 from ..core.validate import flag, fraction, function, integer, layers_of, optional_integer
-from ._coupling import hidden_coupling, misaligned_grouped_conv
-from ._measured import opaque_call_hooks, opaque_layers
-from ._options import (
+from .calibration.search import CalibrationReport, calibrate_pruner
+from .cost.counting import HostTally, _count, _Counts, host_counter
+from .cost.measured import opaque_call_hooks, opaque_layers
+from .cost.model import GroupUnits, build_cost_model, map_calls, remeasure_sites
+from .graph.build import (
+    PruneSnapshot,
+    describe_host_failure,
+    remembering_groups,
+    repair_concat_mappings,
+    shapes_only_autograd,
+)
+from .graph.coupling import hidden_coupling, misaligned_grouped_conv
+from .graph.heads import class_members, head_layout, is_attention, uniform_members
+from .graph.negative_concat import fixed_graphs
+from .graph.removal import Removal, groups_in_order
+from .importance import CPMCImportance, RankingScope
+from .options import (
     _MODELLED,
     HOST_OPTIONS,
     _check_finite,
@@ -42,23 +56,9 @@ from ._options import (
     _resolve_budget,
     _why_refused,
 )
-from ._ranking import _isomorphic_quantiles, _next_planning_target
-from .calibration import CalibrationReport, calibrate_pruner
-from .cost_model import GroupUnits, build_cost_model, map_calls, remeasure_sites
-from .counting import HostTally, _count, _Counts, host_counter
-from .graph import (
-    PruneSnapshot,
-    describe_host_failure,
-    remembering_groups,
-    repair_concat_mappings,
-    shapes_only_autograd,
-)
-from .heads import class_members, head_layout, is_attention, uniform_members
-from .importance import CPMCImportance, RankingScope
-from .negative_concat import fixed_graphs
-from .planning import Plan
+from .planning.correction import _isomorphic_quantiles, _next_planning_target
+from .planning.plan import Plan
 from .refusals import output_refusal, reaching_output, run_refusal
-from .removal import Removal, groups_in_order
 
 __all__ = ["CPMCPruner"]
 
@@ -864,7 +864,7 @@ class CPMCPruner(tp.pruner.BasePruner):
     def plan(self, step: int | None = None) -> Plan:
         """Plan step ``step`` (default: the next one) on the model as it is now.
 
-        Nothing is pruned: the :class:`~cpmc_plugin.torch_pruning.planning.Plan` lists
+        Nothing is pruned: the :class:`~cpmc_plugin.torch_pruning.planning.plan.Plan` lists
         the removals ``step()`` would apply first (before any correction against the
         measured count) and the cost the planner predicts for them.
 
@@ -931,10 +931,6 @@ class CPMCPruner(tp.pruner.BasePruner):
             base_cost=float(budget.base_cost),
             granularity=float(budget.granularity),
         )
-
-    def _plan(self, step: int) -> list[tuple[nn.Module, Any, list[int]]]:
-        """``plan(step)``'s removals as ``(module, handler, root idxs)`` (compatibility)."""
-        return [(r.module, r.handler, list(r.idxs)) for r in self.plan(step).removals]
 
     def _warn_if_off_target(self, counts: _Counts) -> None:
         initial = self._metric_of(self._initial)

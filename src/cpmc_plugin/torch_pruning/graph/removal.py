@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..core.proximal import group_norms
+from ...core.proximal import group_norms
 from .weight_groups import WeightGroups
 
 __all__ = [

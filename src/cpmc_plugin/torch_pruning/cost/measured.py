@@ -15,10 +15,10 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch.utils._pytree import tree_map
 
-from ..core.budget import CostTerm
+from ...core.budget import CostTerm
 
 if TYPE_CHECKING:
-    from .cost_model import CostModel
+    from .model import CostModel
 
 __all__ = ["OpaqueCall", "opaque_call_hooks", "opaque_layers"]
 

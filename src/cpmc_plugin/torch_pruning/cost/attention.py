@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch_pruning.utils import op_counter as _host
 
-from ..core.probe import forward_once
+from ...core.probe import forward_once
 
 __all__ = ["AttentionTally", "attention_matmuls", "attention_modules", "counting_attention"]
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..core.layers import AFFINE_TYPES
+from ...core.layers import AFFINE_TYPES
 from .group_stats import is_out_item
 from .indexing import item_positions, root_lookup
 

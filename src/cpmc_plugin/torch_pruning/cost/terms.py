@@ -10,12 +10,12 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..core.budget import CostTerm
-from ..core.layers import ROOT_TYPES
-from .indexing import item_positions, root_lookup
+from ...core.budget import CostTerm
+from ...core.layers import ROOT_TYPES
+from ..graph.indexing import item_positions, root_lookup
 
 if TYPE_CHECKING:
-    from .cost_model import CallSite, CostModel, GroupUnits, _Sources
+    from .model import CallSite, CostModel, GroupUnits, _Sources
 
 __all__ = ["_mac_terms", "_ownership", "_param_terms", "_subtree_cost"]
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .host import Group
+from ..host import Group
 
 __all__ = ["item_positions", "positions_in", "root_lookup"]
 

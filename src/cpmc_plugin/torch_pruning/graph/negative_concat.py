@@ -26,8 +26,8 @@ from typing import Any
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..attention.eager import eager_attention
-from ..core.tracing import autograd_on
+from ...attention.eager import eager_attention
+from ...core.tracing import autograd_on
 
 __all__ = ["fixed_graphs", "unmap_non_channel_concats"]
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..core.cpmc import channel_norm
-from ..core.layers import AFFINE_TYPES, ROOT_TYPES
+from ...core.cpmc import channel_norm
+from ...core.layers import AFFINE_TYPES, ROOT_TYPES
 from .indexing import item_positions, root_lookup
 
 __all__ = ["GroupStats", "group_stats", "is_out_item"]

@@ -25,11 +25,11 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..core.budget import ChannelGroup, CostTerm
-from ..core.probe import ModuleCall
-from ._cost_terms import _mac_terms, _ownership, _param_terms, _subtree_cost
-from ._measured import OpaqueCall, _measured_terms
-from .heads import HeadLayout
+from ...core.budget import ChannelGroup, CostTerm
+from ...core.probe import ModuleCall
+from ..graph.heads import HeadLayout
+from .measured import OpaqueCall, _measured_terms
+from .terms import _mac_terms, _ownership, _param_terms, _subtree_cost
 
 __all__ = [
     "CallSite",
@@ -58,7 +58,7 @@ class GroupUnits:
 
     ``alias[u]`` (where given) is the unit that stands for ``u``: the host removes the
     units of one alias set together (see
-    :func:`cpmc_plugin.torch_pruning._coupling.hidden_coupling`), so the planner ranks and
+    :func:`cpmc_plugin.torch_pruning.graph.coupling.hidden_coupling`), so the planner ranks and
     counts each set as its representative, ``alias[u] == u``.
     """
 

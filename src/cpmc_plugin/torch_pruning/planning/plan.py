@@ -14,7 +14,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from .removal import Removal
+from ..graph.removal import Removal
 
 __all__ = ["Plan", "plan_budget"]
 
@@ -24,7 +24,7 @@ class Plan:
     """One planned step: what goes, and the cost the planner's model says it leaves.
 
     Attributes:
-        removals: one :class:`~cpmc_plugin.torch_pruning.removal.Removal` per pruned
+        removals: one :class:`~cpmc_plugin.torch_pruning.graph.removal.Removal` per pruned
             group: its root module, the host's pruning function, the sorted root
             channel indices and their positions in the group's root order.
         metric: ``"macs"`` or ``"params"``.
@@ -77,7 +77,7 @@ def plan_budget(
         >>> [(r.name, len(r.idxs)) for r in plan.removals], conv.out_channels
         ([('0', 3)], 8)
     """
-    from .pruner import CPMCPruner  # the pruner plans through this module: imported late
+    from ..pruner import CPMCPruner  # the pruner plans through this module: imported late
 
     pruner = CPMCPruner(
         model,

@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..attention.eager import eager_attention
-from ..core.atomic import ModelSnapshot
-from ..core.probe import forward_once
-from ..core.tracing import autograd_on
+from ...attention.eager import eager_attention
+from ...core.atomic import ModelSnapshot
+from ...core.probe import forward_once
+from ...core.tracing import autograd_on
 from .negative_concat import unmap_non_channel_concats
 
 __all__ = [

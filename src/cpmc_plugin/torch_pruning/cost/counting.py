@@ -34,7 +34,7 @@ from torch.utils._pytree import tree_map
 from torch_pruning.utils import count_ops_and_params
 from torch_pruning.utils import op_counter as _host
 
-from .attention_macs import AttentionTally, attention_matmuls, counting_attention
+from .attention import AttentionTally, attention_matmuls, counting_attention
 
 __all__ = ["HostTally", "_Counts", "_count", "count_ops_and_params", "host_counter"]
 
@@ -43,7 +43,7 @@ __all__ = ["HostTally", "_Counts", "_count", "count_ops_and_params", "host_count
 class _Counts:
     """Per-sample MACs (the host's count plus the attention matmuls it misses) and
     parameters, with each layer's share; ``attention`` holds each module's own
-    attention matmuls (see :mod:`~cpmc_plugin.torch_pruning.attention_macs`)."""
+    attention matmuls (see :mod:`~cpmc_plugin.torch_pruning.cost.attention`)."""
 
     macs: float
     params: float

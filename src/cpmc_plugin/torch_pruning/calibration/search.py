@@ -31,14 +31,14 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..core.batchnorm import recalibrate_bn
-from ..core.proxy import BatchSplit, finetune_briefly, move_to, proxy_score, split_batches
-from ..core.validate import flag, function, integer, number
-from .graph import PruneSnapshot
-from .importance import CPMCImportance
+from ...core.batchnorm import recalibrate_bn
+from ...core.proxy import BatchSplit, finetune_briefly, move_to, proxy_score, split_batches
+from ...core.validate import flag, function, integer, number
+from ..graph.build import PruneSnapshot
+from ..importance import CPMCImportance
 
 if TYPE_CHECKING:
-    from .pruner import CPMCPruner
+    from ..pruner import CPMCPruner
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -549,7 +549,7 @@ def calibrate_importance(
         >>> net.layer1[0].conv1.out_channels  # the model is unchanged
         16
     """
-    from .pruner import CPMCPruner  # the pruner calibrates through this module
+    from ..pruner import CPMCPruner  # the pruner calibrates through this module
 
     pruner = CPMCPruner(
         model,

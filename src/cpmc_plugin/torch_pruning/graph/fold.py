@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..core.probe import forward_once
+from ...core.probe import forward_once
 from .group_stats import is_out_item
 from .indexing import item_positions, root_lookup
 
