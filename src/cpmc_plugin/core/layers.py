@@ -13,10 +13,21 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-__all__ = ["AFFINE_TYPES", "NORM_TYPES", "POOLING_TYPES", "ROOT_TYPES", "unwrap"]
+__all__ = [
+    "AFFINE_TYPES",
+    "CONV_TYPES",
+    "NORM_TYPES",
+    "POOLING_TYPES",
+    "ROOT_TYPES",
+    "is_depthwise",
+    "unwrap",
+]
+
+#: convolutions of any dimension, transposed ones included
+CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
 
 #: layers whose output channels start a pruning group (convolutions of any kind, Linear)
-ROOT_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+ROOT_TYPES: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
 
 #: per-channel affine layers: their scale and shift go with the channel they act on
 AFFINE_TYPES: tuple[type[nn.Module], ...] = (
@@ -46,3 +57,17 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` / ``DataParallel``, else ``model``."""
     wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
     return model.module if isinstance(model, wrappers) else model
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A depthwise conv as torch-pruning sees one: one conv group per output channel
+    (``groups == out_channels > 1``). The host prunes its inputs, outputs and groups
+    together, so its cost scales with its outputs alone and it adds no block structure.
+
+    Example:
+        >>> is_depthwise(nn.Conv2d(8, 8, 3, groups=8)), is_depthwise(nn.Conv2d(8, 8, 3, groups=2))
+        (True, False)
+    """
+    if not isinstance(module, nn.modules.conv._ConvNd):
+        return False
+    return module.out_channels > 1 and module.groups == module.out_channels

@@ -34,7 +34,8 @@ from ..core.validate import flag, fraction, function, integer, layers_of, option
 from .calibration.search import CalibrationReport, calibrate_pruner
 from .cost.counting import HostTally, _count, _Counts, host_counter
 from .cost.measured import opaque_call_hooks, opaque_layers
-from .cost.model import GroupUnits, build_cost_model, map_calls, remeasure_sites
+from .cost.model import build_cost_model, map_calls, remeasure_sites
+from .cost.types import GroupUnits
 from .graph.build import (
     PruneSnapshot,
     describe_host_failure,

@@ -8,7 +8,7 @@ import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -16,11 +16,9 @@ import torch_pruning as tp
 from torch.utils._pytree import tree_map
 
 from ...core.budget import CostTerm
+from .types import CostModel
 
-if TYPE_CHECKING:
-    from .model import CostModel
-
-__all__ = ["OpaqueCall", "opaque_call_hooks", "opaque_layers"]
+__all__ = ["OpaqueCall", "measured_terms", "opaque_call_hooks", "opaque_layers"]
 
 
 @dataclass
@@ -192,7 +190,7 @@ def _copy_macs(
     raise ValueError(f"no cut of the inputs fits a pruned {type(twin).__name__}")
 
 
-def _measured_terms(
+def measured_terms(
     graph: tp.DependencyGraph,
     layer: nn.Module,
     calls: Sequence[OpaqueCall],
@@ -219,9 +217,9 @@ def _measured_terms(
     if (
         size_in is not None
         and pruner.prune_in_channels != pruner.prune_out_channels
-        and model._dims.get((id(layer), "in")) in owned_dims
+        and model.dim_index.get((id(layer), "in")) in owned_dims
     ):
-        in_dim = model._dims[(id(layer), "in")]
+        in_dim = model.dim_index[(id(layer), "in")]
     if out_dim not in owned_dims and in_dim is None:
         return [CostTerm(cost, ())]  # no group prunes it: its cost stays
     outs = _widths(size_out, step_out) if out_dim in owned_dims else [size_out]

@@ -4,38 +4,27 @@ terms for conv, linear, norm and parameter-free layers)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
 from ...core.budget import CostTerm
-from ...core.layers import ROOT_TYPES
+from ...core.layers import ROOT_TYPES, is_depthwise
 from ..graph.indexing import item_positions, root_lookup
+from .types import CallSite, CostModel, GroupUnits
 
-if TYPE_CHECKING:
-    from .model import CallSite, CostModel, GroupUnits, _Sources
-
-__all__ = ["_mac_terms", "_ownership", "_param_terms", "_subtree_cost"]
+__all__ = ["Sources", "mac_terms", "ownership", "param_terms", "subtree_cost"]
 
 
-def _is_depthwise(module: nn.Module) -> bool:
-    return (
-        isinstance(module, nn.modules.conv._ConvNd)
-        and module.groups > 1
-        and module.groups == module.in_channels
-        and module.out_channels % module.in_channels == 0
-    )
-
-
-def _subtree_cost(layer: nn.Module, layer_costs: dict[nn.Module, float], metric: str) -> float:
+def subtree_cost(layer: nn.Module, layer_costs: dict[nn.Module, float], metric: str) -> float:
     if metric == "params":
         return float(sum(p.numel() for p in layer.parameters()))
     return float(layer_costs.get(layer) or 0.0)
 
 
-def _ownership(
+def ownership(
     graph: tp.DependencyGraph, unit: GroupUnits, model: CostModel
 ) -> dict[int, torch.Tensor]:
     group = unit.group
@@ -95,7 +84,7 @@ def _module_dims(
     return out_dim, in_dim
 
 
-def _param_terms(graph: tp.DependencyGraph, module: nn.Module, model: CostModel) -> list[CostTerm]:
+def param_terms(graph: tp.DependencyGraph, module: nn.Module, model: CostModel) -> list[CostTerm]:
     own = list(module.named_parameters(recurse=False))
     unwrapped = [p for _, p in own if p in graph.module2node]  # pruned along one dimension
     terms = [
@@ -110,7 +99,7 @@ def _param_terms(graph: tp.DependencyGraph, module: nn.Module, model: CostModel)
     out_dim, in_dim = dims
     for name, param in own:
         if isinstance(module, ROOT_TYPES) and name == "weight" and in_dim >= 0:
-            scale: tuple[int, ...] = (out_dim,) if _is_depthwise(module) else (out_dim, in_dim)
+            scale: tuple[int, ...] = (out_dim,) if is_depthwise(module) else (out_dim, in_dim)
         else:
             scale = (out_dim,)
         terms.append(CostTerm(float(param.numel()), scale))
@@ -133,18 +122,18 @@ def _weight_macs(module: nn.Module, sites: Sequence[CallSite]) -> float:
     return positions * float(weight.numel())
 
 
-def _mac_terms(
+def mac_terms(
     graph: tp.DependencyGraph,
     module: nn.Module,
     sites: Sequence[CallSite],
     cost: float,
     model: CostModel,
-    sources: _Sources,
+    sources: Sources,
 ) -> list[CostTerm]:
     dims = _module_dims(graph, module, model)
     if dims is not None:
         out_dim, in_dim = dims
-        if isinstance(module, ROOT_TYPES) and in_dim >= 0 and not _is_depthwise(module):
+        if isinstance(module, ROOT_TYPES) and in_dim >= 0 and not is_depthwise(module):
             bias = 0.0
             if getattr(module, "bias", None) is not None:
                 bias = max(0.0, cost - _weight_macs(module, sites))
@@ -168,3 +157,34 @@ def _mac_terms(
             continue
         terms.extend(CostTerm(part * size / channels, (dim,)) for dim, size in found)
     return terms
+
+
+class Sources:
+    """Which layer outputs make up the channels of a graph node (memoized)."""
+
+    def __init__(self, graph: tp.DependencyGraph, model: CostModel) -> None:
+        self.graph = graph
+        self.model = model
+        self.memo: dict[int, list[tuple[int, int]]] = {}
+
+    def of(self, node: Any, depth: int = 0) -> list[tuple[int, int]]:
+        key = id(node)
+        if key in self.memo:
+            return self.memo[key]
+        self.memo[key] = []  # breaks cycles
+        found: list[tuple[int, int]] = []
+        module = node.module
+        pruner = self.graph.get_pruner_of_module(module) if isinstance(module, nn.Module) else None
+        channels = pruner.get_out_channels(module) if pruner is not None else None
+        if isinstance(module, nn.Module) and channels is not None:
+            found = [(self.model.dim((id(module), "out"), channels), int(channels))]
+        elif depth < 200 and node.type == tp.ops.OPTYPE.CONCAT:
+            for parent in node.inputs:
+                found.extend(self.of(parent, depth + 1))
+        elif depth < 200 and node.type in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE):
+            for parent in node.inputs:
+                found = self.of(parent, depth + 1)
+                if found:
+                    break
+        self.memo[key] = found
+        return found

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ...core.layers import is_depthwise
 from ...core.proximal import group_norms
 from .weight_groups import WeightGroups
 
@@ -201,12 +202,6 @@ def remove_small_groups(
 
 
 # ---------------------------------------------------------------------- grouped convs
-def _is_depthwise(layer: nn.Module) -> bool:
-    """A conv whose every output channel reads one input channel of its own (torch-pruning
-    prunes its input and output channels together, so it adds no block structure)."""
-    return isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == layer.out_channels
-
-
 def channel_blocks(graph: tp.DependencyGraph, group: tp.Group) -> int:
     """Into how many equal, contiguous blocks the group's root channels fall.
 
@@ -219,7 +214,7 @@ def channel_blocks(graph: tp.DependencyGraph, group: tp.Group) -> int:
     blocks = 1
     for item in group:
         layer = item.dep.target.module
-        if not isinstance(layer, nn.Module) or _is_depthwise(layer):
+        if not isinstance(layer, nn.Module) or is_depthwise(layer):
             continue
         pruner = graph.get_pruner_of_module(layer)
         if pruner is None:
@@ -252,7 +247,7 @@ def blocks_line_up(group: tp.Group, blocks: int) -> bool:
         layer = item.dep.target.module
         if not isinstance(layer, nn.modules.conv._ConvNd) or layer.groups == 1:
             continue
-        if _is_depthwise(layer):
+        if is_depthwise(layer):
             continue
         out = bool(group._DG.is_out_channel_pruning_fn(item.dep.handler))
         per_group = (layer.out_channels if out else layer.in_channels) // layer.groups

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch_pruning as tp
 
-from ..cost.model import GroupUnits
+from ..cost.types import GroupUnits
 
 __all__ = ["_isomorphic_quantiles", "_next_planning_target"]
 
