@@ -186,7 +186,7 @@ class ConcatIntoFlatten(nn.Module):
 
 
 def test_concat_flattened_into_linear_maps_each_segment() -> None:
-    from cpmc_plugin.torch_pruning.graph.build import repair_concat_mappings
+    from cpmc_plugin.torch_pruning.graph.concat import repair_concat_mappings
 
     torch.manual_seed(0)
     model, x = ConcatIntoFlatten(), torch.randn(1, 3, 8, 8)

@@ -16,7 +16,7 @@ import torch_pruning as tp
 
 from cpmc_plugin import CPMCPruner
 from cpmc_plugin.torch_pruning.calibration.search import DEFAULT_CANDIDATES
-from cpmc_plugin.torch_pruning.graph.build import PruneSnapshot
+from cpmc_plugin.torch_pruning.graph.snapshot import prune_snapshot
 from tests.archs import ARCHS, TinyDenseNet, build
 
 __all__: list[str] = []
@@ -43,7 +43,7 @@ def test_a_restored_prune_puts_the_concat_sizes_back() -> None:
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
     before = operation_state(graph)
     assert any(state.get("concat_sizes") for state in before.values())  # it has concats
-    snapshot = PruneSnapshot(graph)
+    snapshot = prune_snapshot(graph)
     first_dense_conv_group(graph, model).prune()
     assert operation_state(graph) != before  # pruning did rewrite them
     snapshot.restore()

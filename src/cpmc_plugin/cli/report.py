@@ -28,6 +28,7 @@ import torch.nn as nn  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from ..core.torch_private import ConvNd
 from ..criteria import needs_gradients  # noqa: E402
 from ..torch_pruning.cost.counting import count_ops_and_params  # noqa: E402
 from ..training import accuracy, recalibrate_bn  # noqa: E402
@@ -52,9 +53,9 @@ BN_BATCHES = 20
 def layer_channels(model: nn.Module) -> dict[str, int]:
     """Output channels of every conv and linear layer, by name."""
     return {
-        name: int(m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
+        name: int(m.out_channels if isinstance(m, ConvNd) else m.out_features)
         for name, m in model.named_modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))  # core.layers.ROOT_TYPES
+        if isinstance(m, (ConvNd, nn.Linear))  # core.layers.ROOT_TYPES
     }
 
 

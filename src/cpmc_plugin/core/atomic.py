@@ -25,18 +25,20 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 
 from .probe import run_model
 from .producers import output_paths, output_producers, output_tensors
+from .torch_private import tensor_version
 
 __all__ = [
     "ModelSnapshot",
+    "Restorable",
     "RunFailure",
     "RunSignature",
     "SignatureRecorder",
@@ -47,9 +49,6 @@ __all__ = [
     "shape_signature",
     "signature",
 ]
-
-
-_CONTAINERS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
 
 
 def _copy_value(value: Any) -> Any:
@@ -66,6 +65,12 @@ class _TensorState:
     clone: torch.Tensor | None
 
 
+class Restorable(Protocol):
+    """State kept beside a model that a snapshot puts back too."""
+
+    def restore(self) -> None: ...
+
+
 class ModelSnapshot:
     """Every module's attributes and every tensor of ``model``, to put back on failure.
 
@@ -76,33 +81,46 @@ class ModelSnapshot:
             raise ``RuntimeError`` instead of restoring silently wrong values.
         clone_buffers: copy the values of buffers only (BatchNorm statistics that a
             re-estimation changes in place), not of parameters.
+        parts: more state that changes with the model, each restored (``part.restore()``)
+            after the model, in order: a host's graph (see
+            :func:`cpmc_plugin.torch_pruning.graph.snapshot.prune_snapshot`).
+        after_restore: called after every restore (state derived from the shapes).
     """
 
     def __init__(
-        self, model: nn.Module, *, clone: bool = False, clone_buffers: bool = False
+        self,
+        model: nn.Module,
+        *,
+        clone: bool = False,
+        clone_buffers: bool = False,
+        parts: Sequence[Restorable] = (),
+        after_restore: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
+        self.parts = tuple(parts)
+        self.after_restore = after_restore
         self.modules: list[tuple[nn.Module, dict[str, Any]]] = []
         self.tensors: dict[int, _TensorState] = {}
         for module in model.modules():
             state = {key: _copy_value(value) for key, value in module.__dict__.items()}
             self.modules.append((module, state))
             tensors: list[tuple[torch.Tensor | None, bool]] = [
-                (t, clone) for t in module._parameters.values()
+                (t, clone) for t in module.parameters(recurse=False)
             ]
-            tensors += [(t, clone or clone_buffers) for t in module._buffers.values()]
+            tensors += [(t, clone or clone_buffers) for t in module.buffers(recurse=False)]
             for tensor, copy in tensors:
                 if tensor is None or id(tensor) in self.tensors:
                     continue
                 self.tensors[id(tensor)] = _TensorState(
                     tensor=tensor,
                     data=tensor.data,
-                    version=tensor._version,
+                    version=tensor_version(tensor),
                     clone=tensor.detach().clone() if copy else None,
                 )
 
     def restore(self) -> None:
-        """Put every module attribute and tensor back as it was at the snapshot."""
+        """Put every module attribute and tensor back as it was at the snapshot, then the
+        parts, then call ``after_restore``."""
         for module, state in self.modules:
             module.__dict__.clear()
             module.__dict__.update({key: _copy_value(value) for key, value in state.items()})
@@ -113,11 +131,15 @@ class ModelSnapshot:
             if saved.clone is not None:
                 with torch.no_grad():
                     tensor.data.copy_(saved.clone)
-            elif tensor._version != saved.version:
+            elif tensor_version(tensor) != saved.version:
                 raise RuntimeError(
                     "internal error: a tensor was changed in place but the snapshot holds no "
                     "copy of it (use ModelSnapshot(model, clone=True) for this path)"
                 )
+        for part in self.parts:
+            part.restore()
+        if self.after_restore is not None:
+            self.after_restore()
 
 
 class RunFailure(Exception):

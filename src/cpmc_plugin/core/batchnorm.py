@@ -23,6 +23,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
+from .torch_private import BatchNormBase
+
 __all__ = ["recalibrate_bn"]
 
 
@@ -36,7 +38,7 @@ def recalibrate_bn(
     ``batches`` of them are used, and the running statistics become their plain average.
     The model is left in eval mode.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, BatchNormBase)]
     if not norms:
         return
     momenta = [m.momentum for m in norms]

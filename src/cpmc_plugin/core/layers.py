@@ -13,6 +13,16 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from .torch_private import (
+    AdaptiveAvgPoolNd,
+    AdaptiveMaxPoolNd,
+    AvgPoolNd,
+    BatchNormBase,
+    ConvNd,
+    InstanceNormBase,
+    MaxPoolNd,
+)
+
 __all__ = [
     "AFFINE_TYPES",
     "CONV_TYPES",
@@ -24,15 +34,15 @@ __all__ = [
 ]
 
 #: convolutions of any dimension, transposed ones included
-CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
+CONV_TYPES: tuple[type[nn.Module], ...] = (ConvNd,)
 
 #: layers whose output channels start a pruning group (convolutions of any kind, Linear)
 ROOT_TYPES: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
 
 #: per-channel affine layers: their scale and shift go with the channel they act on
 AFFINE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
+    BatchNormBase,
+    InstanceNormBase,
     nn.GroupNorm,
     nn.LayerNorm,
     nn.PReLU,
@@ -40,16 +50,16 @@ AFFINE_TYPES: tuple[type[nn.Module], ...] = (
 
 #: normalisations with one scale per channel (BatchNorm and InstanceNorm, any dimension)
 NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
+    BatchNormBase,
+    InstanceNormBase,
 )
 
 #: pooling layers: they keep the channel count and shrink only the spatial size
 POOLING_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
+    MaxPoolNd,
+    AvgPoolNd,
+    AdaptiveAvgPoolNd,
+    AdaptiveMaxPoolNd,
 )
 
 
@@ -68,6 +78,6 @@ def is_depthwise(module: nn.Module) -> bool:
         >>> is_depthwise(nn.Conv2d(8, 8, 3, groups=8)), is_depthwise(nn.Conv2d(8, 8, 3, groups=2))
         (True, False)
     """
-    if not isinstance(module, nn.modules.conv._ConvNd):
+    if not isinstance(module, ConvNd):
         return False
     return module.out_channels > 1 and module.groups == module.out_channels

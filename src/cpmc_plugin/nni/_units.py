@@ -19,6 +19,7 @@ import torch.nn as nn
 from nni.compression.base.config import select_modules_by_config
 
 from ..core.layers import NORM_TYPES, ROOT_TYPES
+from ..core.torch_private import NormBase
 from ..torch_pruning.graph.removal import blocks_line_up, channel_blocks
 from ..torch_pruning.host import DependencyGraph, Group
 
@@ -85,9 +86,7 @@ def norms_in_groups(model: nn.Module, graph: DependencyGraph) -> dict[str, nn.Mo
     for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
         for item in group:
             module = item.dep.target.module
-            norm = isinstance(module, nn.modules.batchnorm._NormBase) and isinstance(
-                module, NORM_TYPES
-            )
+            norm = isinstance(module, NormBase) and isinstance(module, NORM_TYPES)
             if norm and module.affine and graph.is_out_channel_pruning_fn(item.dep.handler):
                 found.add(module)
     return {name: module for name, module in model.named_modules() if module in found}

@@ -15,7 +15,8 @@ from ..core.budget import remove_lowest
 from ..core.layers import ROOT_TYPES
 from ..core.validate import fraction
 from ..torch_pruning.cost.attention import attention_modules
-from ..torch_pruning.graph.build import build_graph, repair_concat_mappings
+from ..torch_pruning.graph.build import build_graph
+from ..torch_pruning.graph.concat import repair_concat_mappings
 from ..torch_pruning.graph.indexing import item_positions, positions_in, root_lookup
 from ..torch_pruning.host import Group
 from ..torch_pruning.importance import CPMCImportance, RankingScope

@@ -24,7 +24,9 @@ from torch.utils._pytree import tree_flatten
 from ..core.atomic import prune_atomically
 from ..core.layers import ROOT_TYPES
 from ..core.probe import forward_once
-from ..torch_pruning.graph.build import build_graph, repair_concat_mappings
+from ..core.torch_private import ConvNd
+from ..torch_pruning.graph.build import build_graph
+from ..torch_pruning.graph.concat import repair_concat_mappings
 from ..torch_pruning.graph.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
 from ..torch_pruning.graph.indexing import item_positions, root_lookup
 from ..torch_pruning.graph.removal import (
@@ -49,7 +51,7 @@ _HINT = (
 
 
 def _out_dim(module: nn.Module) -> int:
-    transposed = isinstance(module, nn.modules.conv._ConvNd) and module.transposed
+    transposed = isinstance(module, ConvNd) and module.transposed
     return 1 if transposed else 0
 
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.layers import POOLING_TYPES
+from ..core.torch_private import ConvNd, DropoutNd
 
 __all__ = ["_Inferred", "_infer_channels", "_input_hint"]
 
@@ -39,7 +40,7 @@ _KEEPS_CHANNELS: tuple[type[nn.Module], ...] = (
     nn.Sigmoid,
     nn.Tanh,
     nn.Softplus,
-    nn.modules.dropout._DropoutNd,
+    DropoutNd,
     *POOLING_TYPES,
     nn.Upsample,
 )
@@ -205,7 +206,7 @@ def _infer_channels(modules: dict[str, nn.Module], name: str) -> _Found:
 def _input_hint(model: nn.Module) -> str:
     """``example_inputs=...`` for the model's first conv or Linear layer, as an example."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
+        if isinstance(module, ConvNd):
             spatial = {1: "L", 2: "H, W", 3: "D, H, W"}.get(len(module.kernel_size), "...")
             return (
                 f"example_inputs=torch.randn(1, {module.in_channels}, {spatial}) "

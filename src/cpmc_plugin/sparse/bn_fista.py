@@ -22,6 +22,7 @@ import torch.nn as nn
 from ..core import fista, validate
 from ..core.layers import unwrap
 from ..core.proximal import soft_threshold
+from ..core.torch_private import BatchNormBase
 from ..torch_pruning.graph.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
 from ..torch_pruning.graph.group_stats import is_out_item
 from ..torch_pruning.graph.indexing import item_positions, root_lookup
@@ -30,8 +31,6 @@ from ..torch_pruning.host import Group
 from ._base import _REMOVAL_STACKLEVEL, GroupRegularizer
 
 __all__ = ["BNFISTARegularizer"]
-
-_BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
 class BNFISTARegularizer(GroupRegularizer):
@@ -98,7 +97,7 @@ class BNFISTARegularizer(GroupRegularizer):
         if momentum is not None:
             momentum = validate.number("momentum", momentum, minimum=0, maximum=1, high_open=True)
         super().__init__(model, example_inputs, ignored_layers)
-        norms = [m for m in unwrap(model).modules() if isinstance(m, _BatchNorm)]
+        norms = [m for m in unwrap(model).modules() if isinstance(m, BatchNormBase)]
         if not norms:
             raise ValueError(
                 "BNFISTARegularizer needs BatchNorm layers; the model has none "
@@ -113,7 +112,7 @@ class BNFISTARegularizer(GroupRegularizer):
             )
         self.momentum = momentum
         self._kept_warning: str | None = None  # set by a removal, emitted after it
-        self.norms: list[nn.modules.batchnorm._BatchNorm] = norms
+        self.norms: list[BatchNormBase] = norms
         self._names = [n for n, on in (("weight", scale), ("bias", shift)) if on]
         self.restart = restart
         self._t: dict[tuple[int, str], float] = {}  # FISTA's t_k per tensor
@@ -287,7 +286,7 @@ class BNFISTARegularizer(GroupRegularizer):
         covered = torch.zeros(size, dtype=torch.bool)
         for item in group:
             bn = item.dep.target.module
-            if not isinstance(bn, _BatchNorm) or not is_out_item(group, item.dep.handler):
+            if not isinstance(bn, BatchNormBase) or not is_out_item(group, item.dep.handler):
                 continue
             if bn not in self.norms or not self.scale:
                 return torch.zeros(size, dtype=torch.bool)

@@ -23,7 +23,7 @@ from ..core.proximal import (
     group_size_weights,
 )
 from ..torch_pruning.graph.weight_groups import WeightGroups
-from ..torch_pruning.host import Group, Importance
+from ..torch_pruning.host import Group, Importance, graph_of
 from ._base import WeightGroupRegularizer, warn_unsupported
 
 __all__ = ["OICSRImportance", "OICSRRegularizer"]
@@ -188,7 +188,7 @@ class OICSRImportance(Importance):
 
     @torch.no_grad()
     def __call__(self, group: Group) -> torch.Tensor:
-        groups = WeightGroups.from_groups(group._DG, [group], kinds=self.parts)
+        groups = WeightGroups.from_groups(graph_of(group), [group], kinds=self.parts)
         warn_unsupported(groups.unsupported, type(self).__name__, _NOT_USED, stacklevel=2)
         if groups.num_groups == 0 or not groups.entries:
             return torch.zeros(len(group[0].idxs))

@@ -24,6 +24,7 @@ from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
 from ..core.probe import probe_positions
 from ..core.validate import flag, one_of
 from .graph.group_stats import GroupStats, group_stats
+from .host import graph_of, module_name
 
 if TYPE_CHECKING:
     from .calibration.search import CalibrationReport
@@ -271,7 +272,7 @@ class CPMCImportance(tp.importance.Importance):
 
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> torch.Tensor:
-        graph = group._DG
+        graph = graph_of(group)
         kept = self._kept_stats.pop(id(group), None)  # prepared for this very group just now
         context = self._context if kept is not None else None
         if context is None:
@@ -311,7 +312,7 @@ def _layer_names(graph: tp.DependencyGraph, group: Sequence[Any]) -> str:
     names = []
     for item in group:
         module = item.dep.target.module
-        name = graph._module2name.get(module)
-        if name is not None and name not in names:
+        name = module_name(graph, module, "")
+        if name and name not in names:
             names.append(name)
     return ", ".join(names) or "<unnamed>"

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..core.layers import POOLING_TYPES
+from ..core.torch_private import ConvNd, NormBase
 from ..core.validate import flag, fraction
 
 __all__ = ["HOST_OPTIONS"]
@@ -98,9 +99,9 @@ def _check_finite(model: nn.Module) -> None:
 
 #: layer types whose cost scaling the planner models (the others may make it miss)
 _MODELLED: tuple[type, ...] = (
-    nn.modules.conv._ConvNd,
+    ConvNd,
     nn.Linear,
-    nn.modules.batchnorm._NormBase,
+    NormBase,
     nn.LayerNorm,
     nn.GroupNorm,
     nn.ReLU,

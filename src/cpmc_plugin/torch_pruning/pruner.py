@@ -37,16 +37,17 @@ from .cost.measured import opaque_call_hooks, opaque_layers
 from .cost.model import build_cost_model, map_calls, remeasure_sites
 from .cost.types import GroupUnits
 from .graph.build import (
-    PruneSnapshot,
     describe_host_failure,
     remembering_groups,
-    repair_concat_mappings,
     shapes_only_autograd,
 )
+from .graph.concat import repair_concat_mappings
 from .graph.coupling import hidden_coupling, misaligned_grouped_conv
 from .graph.heads import class_members, head_layout, is_attention, uniform_members
 from .graph.negative_concat import fixed_graphs
 from .graph.removal import Removal, groups_in_order
+from .graph.snapshot import prune_snapshot
+from .host import graph_of, module_name
 from .importance import CPMCImportance, RankingScope
 from .options import (
     _MODELLED,
@@ -117,7 +118,7 @@ def _hidden_pin(
     queries = {m for u, _ in heads for m in u.heads.queries}  # type: ignore[union-attr]
     kept_heads = min(u.size - len(r) for u, r in heads)
     for i, (unit, gone) in enumerate(zip(units, removed, strict=True)):
-        graph = unit.group._DG
+        graph = graph_of(unit.group)
         if unit.heads is not None or not any(
             item.dep.target.module in queries
             and not graph.is_out_channel_pruning_fn(item.dep.handler)
@@ -516,10 +517,10 @@ class CPMCPruner(tp.pruner.BasePruner):
                 ch_groups = 1
             conv = misaligned_grouped_conv(group, ch_groups, n // ch_groups)
             if conv is not None:  # the host cannot prune this group without breaking `conv`
-                name = self.DG._module2name.get(group[0].dep.target.module, "?")
+                name = module_name(self.DG, group[0].dep.target.module, "?")
                 self._unprunable.append(
                     f"{name} (its channels reach the grouped conv "
-                    f"{self.DG._module2name.get(conv, '?')} out of its groups' order)"
+                    f"{module_name(self.DG, conv, '?')} out of its groups' order)"
                 )
                 continue
             size = n // ch_groups
@@ -665,7 +666,7 @@ class CPMCPruner(tp.pruner.BasePruner):
             if not torch.isfinite(imp).all():
                 raise ValueError(
                     "the importance gave non-finite scores for the group of "
-                    f"{self.DG._module2name.get(unit.group[0].dep.target.module, '?')}"
+                    f"{module_name(self.DG, unit.group[0].dep.target.module, '?')}"
                 )
             kept.append(unit)
             scores.append(unit.unit_scores(imp))
@@ -691,7 +692,7 @@ class CPMCPruner(tp.pruner.BasePruner):
     def _apply_step(self, step: int) -> None:
         """Plan, apply, check and count step ``step``; re-plan against the measured count
         while it is off target; restore the model and raise on any failure."""
-        snapshot = PruneSnapshot(self.DG, after_restore=self._shapes_changed)
+        snapshot = prune_snapshot(self.DG, after_restore=self._shapes_changed)
         before = self._current
         target = self.target_cost(step)
         tried: list[tuple[float, float]] = []  # (planning target, measured cost)
@@ -813,7 +814,7 @@ class CPMCPruner(tp.pruner.BasePruner):
         if self.current_step > self.iterative_steps:
             self._warn_done()
             return
-        snapshot = PruneSnapshot(self.DG, after_restore=self._shapes_changed)
+        snapshot = prune_snapshot(self.DG, after_restore=self._shapes_changed)
         before = self._latest
         try:
             plan = self.plan(self.current_step)
@@ -920,7 +921,7 @@ class CPMCPruner(tp.pruner.BasePruner):
                     root.handler,
                     tuple(int(r) for r, _ in pairs),
                     tuple(int(p) for _, p in pairs),
-                    self.DG._module2name.get(root.target.module, ""),
+                    module_name(self.DG, root.target.module, ""),
                     self._kept_layers(unit),
                 )
             )

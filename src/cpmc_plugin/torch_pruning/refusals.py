@@ -18,6 +18,7 @@ import torch_pruning as tp
 
 from ..core.atomic import RunFailure
 from ..core.layers import ROOT_TYPES
+from .host import module_name
 
 __all__ = ["RUN_HINT", "output_refusal", "reaching_output", "run_refusal"]
 
@@ -45,7 +46,7 @@ def reaching_output(graph: tp.DependencyGraph, group: tp.Group) -> list[nn.Modul
 
 
 def _named(graph: tp.DependencyGraph, layers: Sequence[nn.Module]) -> str:
-    return ", ".join(f"'{graph._module2name.get(m, '?')}' ({type(m).__name__})" for m in layers)
+    return ", ".join(f"'{module_name(graph, m, '?')}' ({type(m).__name__})" for m in layers)
 
 
 def output_refusal(
@@ -71,7 +72,7 @@ def output_refusal(
         )
     if failure is not None:
         parts.append(f"{'; after pruning,' if reaching else ':'} {failure}")
-    names = ", ".join(f"'{graph._module2name.get(m, '?')}'" for m in layers)
+    names = ", ".join(f"'{module_name(graph, m, '?')}'" for m in layers)
     if not names:
         names = failure.where if failure is not None else "the layers that make the outputs"
     parts.append(

@@ -31,10 +31,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ...core.atomic import ModelSnapshot
 from ...core.batchnorm import recalibrate_bn
 from ...core.proxy import BatchSplit, finetune_briefly, move_to, proxy_score, split_batches
+from ...core.torch_private import BatchNormBase
 from ...core.validate import flag, function, integer, number
-from ..graph.build import PruneSnapshot
+from ..graph.snapshot import prune_snapshot
 from ..importance import CPMCImportance
 
 if TYPE_CHECKING:
@@ -258,7 +260,7 @@ def _candidate_importances(
 
 
 def _needs_recalibration(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return any(isinstance(m, BatchNormBase) for m in model.modules())
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -370,7 +372,7 @@ def _score_candidates(
     was_training = model.training
     latest, granularity = pruner._latest, pruner._granularity
     params_before = sum(p.numel() for p in model.parameters())
-    snapshot = PruneSnapshot(  # BN statistics change in place, and a fine-tune's weights
+    snapshot = prune_snapshot(  # BN statistics change in place, and a fine-tune's weights
         pruner.DG, clone=tune.steps > 0, clone_buffers=True, after_restore=pruner._shapes_changed
     )
     seen: dict[tuple[Any, ...], int] = {}
@@ -426,7 +428,7 @@ def _score_candidates(
 
 def _finetune_best(
     pruner: CPMCPruner,
-    snapshot: PruneSnapshot,
+    snapshot: ModelSnapshot,
     plans: dict[int, Any],
     scores: list[CandidateScore],
     split: BatchSplit,

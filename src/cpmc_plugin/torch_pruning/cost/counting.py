@@ -135,9 +135,9 @@ def _layer_params(model: nn.Module) -> dict[nn.Module, int]:
     (each module is then visited once, not once per ancestor); else counted per module.
     """
     own = {m: list(m.parameters(recurse=False)) for m in model.modules()}
-    tensors = [id(p) for ps in own.values() for p in ps]
-    children = [id(c) for m in own for _, c in m._modules.items() if c is not None]
-    if len(tensors) != len(set(tensors)) or len(children) != len(set(children)):
+    tensors = [id(p) for _, p in model.named_parameters(remove_duplicate=False)]
+    modules = [id(m) for _, m in model.named_modules(remove_duplicate=False)]
+    if len(tensors) != len(set(tensors)) or len(modules) != len(set(modules)):
         return {m: sum(p.numel() for p in m.parameters()) for m in own}  # something is shared
     out: dict[nn.Module, int] = {}
 

@@ -16,6 +16,7 @@ import torch_pruning as tp
 from torch.utils._pytree import tree_map
 
 from ...core.budget import CostTerm
+from ...core.torch_private import BatchNormBase, ConvNd, InstanceNormBase
 from .types import CostModel
 
 __all__ = ["OpaqueCall", "measured_terms", "opaque_call_hooks", "opaque_layers"]
@@ -30,10 +31,10 @@ class OpaqueCall:
 
 
 _KNOWN_LEAVES = (
-    nn.modules.conv._ConvNd,
+    ConvNd,
     nn.Linear,
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
+    BatchNormBase,
+    InstanceNormBase,
     nn.GroupNorm,
     nn.LayerNorm,
     nn.PReLU,

@@ -1,12 +1,11 @@
-"""torch-pruning's dependency graph: building it with a clear error, and repairing its
-concatenation index maps."""
+"""torch-pruning's dependency graph: building it with a clear error (advice that fits the
+cause), a trace that keeps no activations, and the groups the host read while building."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,19 +14,15 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ...attention.eager import eager_attention
-from ...core.atomic import ModelSnapshot
 from ...core.probe import forward_once
 from ...core.tracing import autograd_on
 from .negative_concat import unmap_non_channel_concats
 
 __all__ = [
-    "GraphSnapshot",
-    "PruneSnapshot",
     "SeenGroups",
     "build_graph",
     "describe_host_failure",
     "remembering_groups",
-    "repair_concat_mappings",
     "shapes_only_autograd",
 ]
 
@@ -142,164 +137,6 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
         raise ValueError(describe_host_failure(error)) from error
     finally:
         model.train(was_training)
-
-
-class _LiveConcatMapping:
-    """Index mapping through segment ``index`` of a concatenation, at its current sizes.
-
-    The offsets are read from the concat op's ``concat_sizes`` at every call, which
-    torch-pruning's ``ConcatPruner`` keeps current as channels go, so the mapping stays
-    right after earlier groups were pruned. ``reverse``: from the concat's output to
-    the segment's input (keeps only the indices that fall in the segment).
-    """
-
-    def __init__(self, op: Any, index: int, reverse: bool) -> None:
-        self.op = op
-        self.index = index
-        self.reverse = reverse
-
-    def __call__(self, idxs: Sequence[Any]) -> list[Any]:
-        sizes = self.op.concat_sizes
-        start = int(sum(sizes[: self.index]))
-        end = start + int(sizes[self.index])
-        hybrid = tp._helpers._HybridIndex
-        if self.reverse:
-            return [hybrid(i.idx - start, i.root_idx) for i in idxs if start <= i.idx < end]
-        return [hybrid(i.idx + start, i.root_idx) for i in idxs]
-
-
-def _output_shape(node: Any) -> tuple[int, ...] | None:
-    """The shape of the tensor a graph node produced, read from its autograd node."""
-    metadata: Any = getattr(node.grad_fn, "_input_metadata", None)
-    try:
-        return tuple(int(n) for n in metadata[0].shape)
-    except (TypeError, IndexError, AttributeError):
-        return None
-
-
-def repair_concat_mappings(graph: tp.DependencyGraph) -> int:
-    """Map channel indices through the concatenations that torch-pruning leaves unmapped.
-
-    The host maps indices through a ``torch.cat`` on dimension 1 only when the channels
-    its consumer reads add up to the segments' sum. A concat that is pooled and then
-    flattened into a Linear layer fails that check (the Linear reads ``channels * H * W``
-    features), so the host leaves the identity mapping in place: channel ``i`` of *every*
-    segment is then coupled with output channel ``i``, unrelated channels are pruned
-    together, and the pruned model cannot run. Here every such concat whose output
-    really has the segments' channels on dimension 1 (checked on the traced tensors)
-    gets a mapping that follows the current segment sizes. Idempotent.
-
-    Returns:
-        The number of concatenations repaired by this call.
-    """
-    repaired = 0
-    for node in graph.module2node.values():
-        op = node.module
-        if node.type != tp.ops.OPTYPE.CONCAT or op.offsets is not None:
-            continue  # mapped by the host
-        if getattr(op, "_cpmc_live_mapping", False) or not node.enable_index_mapping:
-            continue
-        shape, dim = _output_shape(node), getattr(node.grad_fn, "_saved_dim", None)
-        if shape is None or len(shape) < 2 or not isinstance(dim, int) or dim % len(shape) != 1:
-            continue
-        sizes = op.concat_sizes
-        if not sizes or len(sizes) != len(node.inputs) or any(s is None for s in sizes):
-            continue
-        if shape[1] != sum(sizes):
-            continue  # concatenated along another dimension than the channels
-        pairs = []
-        for parent, size in zip(node.inputs, sizes, strict=True):
-            parent_shape = _output_shape(parent)
-            if parent_shape is not None and (len(parent_shape) < 2 or parent_shape[1] != size):
-                break
-            backward = [dep for dep in node.dependencies if dep.target == parent]
-            forward = [dep for dep in parent.dependencies if dep.target == node]
-            if len(backward) != 1 or len(forward) != 1:
-                break  # a tensor concatenated twice: its segments cannot be told apart
-            pairs.append((backward[0], forward[0]))
-        if len(pairs) != len(sizes):
-            continue
-        for index, (backward, forward) in enumerate(pairs):
-            backward.index_mapping[1] = _LiveConcatMapping(op, index, reverse=True)
-            forward.index_mapping[1] = _LiveConcatMapping(op, index, reverse=False)
-        op._cpmc_live_mapping = True
-        repaired += 1
-    return repaired
-
-
-def _operation_state(module: nn.Module) -> dict[str, Any]:
-    """The plain values (sizes, offsets, shapes, slice bounds) a torch-pruning operation
-    node keeps about the tensors it joins or cuts, copied."""
-    return {
-        name: copy.deepcopy(value)
-        for name, value in vars(module).items()
-        if not name.startswith("_") and isinstance(value, list | tuple | int | float | None)
-    }
-
-
-class GraphSnapshot:
-    """What pruning a group changes in the graph itself, to put back with the model.
-
-    ``group.prune()`` appends to the graph's pruning history, re-keys the graph's
-    parameter maps to the new object of an unwrapped ``nn.Parameter``, and rewrites the
-    state of the graph's operation nodes (``tp.ops``: a concatenation's
-    ``concat_sizes``, a split's ``split_sizes``, an output's ``shape``, a slice's
-    bounds), some of it in place. Restoring a
-    :class:`~cpmc_plugin.core.atomic.ModelSnapshot` puts the old objects back in the
-    model; :meth:`restore` puts all of that back too, so a restored prune leaves no
-    trace (a calibration candidate, a corrected plan, a refused step), and the next
-    prune maps channels through the concatenations as the first one did.
-    """
-
-    def __init__(self, graph: tp.DependencyGraph) -> None:
-        self.graph = graph
-        self.history = list(graph._pruning_history)
-        self.param_to_name = dict(graph._param_to_name)
-        self.module2node = dict(graph.module2node)
-        self.node_modules = [(node, node.module) for node in graph.module2node.values()]
-        self.operations = [
-            (module, _operation_state(module))
-            for module in graph.module2node
-            if type(module).__module__ == tp.ops.__name__
-        ]
-
-    def restore(self) -> None:
-        """Put the history, the parameter names, the node map and the operation nodes'
-        state back as they were."""
-        graph = self.graph
-        graph._pruning_history = list(self.history)
-        graph._param_to_name = dict(self.param_to_name)
-        graph.module2node = dict(self.module2node)
-        for node, module in self.node_modules:
-            node.module = module
-        for module, state in self.operations:
-            for name, value in state.items():  # a copy again: pruning edits lists in place
-                setattr(module, name, copy.deepcopy(value))
-
-
-class PruneSnapshot:
-    """A :class:`~cpmc_plugin.core.atomic.ModelSnapshot` of the graph's model and a
-    :class:`GraphSnapshot` of the graph: :meth:`restore` undoes a prune completely."""
-
-    def __init__(
-        self,
-        graph: tp.DependencyGraph,
-        *,
-        clone: bool = False,
-        clone_buffers: bool = False,
-        after_restore: Callable[[], None] | None = None,
-    ) -> None:
-        self.model = ModelSnapshot(graph.model, clone=clone, clone_buffers=clone_buffers)
-        self.graph = GraphSnapshot(graph)
-        self.after_restore = after_restore
-
-    def restore(self) -> None:
-        """Put the model's modules and tensors, and the graph's maps, back; then call
-        ``after_restore`` (state derived from the shapes, such as a shared config)."""
-        self.model.restore()
-        self.graph.restore()
-        if self.after_restore is not None:
-            self.after_restore()
 
 
 @dataclass

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ...core.torch_private import ConvNd
 from .group_stats import is_out_item
 from .indexing import item_positions, root_lookup
 
@@ -32,7 +33,7 @@ def misaligned_grouped_conv(group: tp.Group, ch_groups: int, size: int) -> nn.Mo
     lookup = root_lookup(group)
     for item in group:
         module = item.dep.target.module
-        if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
+        if not isinstance(module, ConvNd) or module.groups == 1:
             continue
         if not item.idxs:
             continue

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ...core.probe import forward_once
+from ...core.torch_private import ConvNd
 from .group_stats import is_out_item
 from .indexing import item_positions, root_lookup
 
@@ -113,7 +114,7 @@ def can_fold(layer: nn.Module) -> bool:
     """A constant input channel adds a constant per output: a Linear, an unpadded conv."""
     if isinstance(layer, nn.Linear):
         return True
-    if isinstance(layer, nn.modules.conv._ConvNd) and not layer.transposed:
+    if isinstance(layer, ConvNd) and not layer.transposed:
         padding = layer.padding
         return padding == "valid" or (not isinstance(padding, str) and not any(padding))
     return False
@@ -159,7 +160,7 @@ def apply_fold(fold: Fold) -> None:
     if isinstance(layer, nn.Linear):
         added = weight[:, fold.index] * fold.value
     else:
-        assert isinstance(layer, nn.modules.conv._ConvNd)
+        assert isinstance(layer, ConvNd)
         per_group_in, per_group_out = weight.shape[1], weight.shape[0] // layer.groups
         g, local = divmod(fold.index, per_group_in)
         added = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)

@@ -18,6 +18,8 @@ import torch_pruning as tp
 
 from ...core.cpmc import channel_norm
 from ...core.layers import AFFINE_TYPES, ROOT_TYPES
+from ...core.torch_private import ConvNd
+from ..host import graph_of
 from .indexing import item_positions, root_lookup
 
 __all__ = ["GroupStats", "group_stats", "is_out_item"]
@@ -43,13 +45,13 @@ class GroupStats:
 
 
 def is_out_item(group: tp.Group, handler: object) -> bool:
-    dg = group._DG
+    dg = graph_of(group)
     return bool(dg.is_out_channel_pruning_fn(handler))
 
 
 def _out_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | None:
     """``(||row||_p^p per output channel, weights per row)`` for the producing parameters."""
-    if isinstance(layer, nn.modules.conv._ConvNd):
+    if isinstance(layer, ConvNd):
         weight = layer.weight
         if layer.transposed:  # [in, out/groups, k...]
             if layer.groups != 1:
@@ -78,7 +80,7 @@ def _out_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | N
 
 def _in_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | None:
     """``(||column||_p^p per input channel, weights per column)`` for a consuming layer."""
-    if isinstance(layer, nn.modules.conv._ConvNd):
+    if isinstance(layer, ConvNd):
         weight = layer.weight
         if layer.transposed:  # [in, out/groups, k...]: input channel c is row c
             return [(channel_norm(weight, p, dim=0), int(weight[0].numel()))]

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ...attention.eager import eager_attention
+from ...core.torch_private import saved_dim
 from ...core.tracing import autograd_on
 
 __all__ = ["fixed_graphs", "unmap_non_channel_concats"]
@@ -44,7 +45,7 @@ def _shape(node: Any) -> tuple[int, ...] | None:
 
 def _misread(node: Any) -> bool:
     """A concat on a negative dim whose host-inferred segment sizes are not its real ones."""
-    dim, shape = getattr(node.grad_fn, "_saved_dim", None), _shape(node)
+    dim, shape = saved_dim(node.grad_fn), _shape(node)
     if not isinstance(dim, int) or dim < _WRAPPED or shape is None:
         return False  # a positive dim: the host's own rule stands
     axis = dim - (1 << 64) + len(shape)

@@ -26,6 +26,8 @@ import torch_pruning as tp
 
 from ...core.layers import is_depthwise
 from ...core.proximal import group_norms
+from ...core.torch_private import ConvNd
+from ..host import graph_of
 from .weight_groups import WeightGroups
 
 __all__ = [
@@ -78,7 +80,7 @@ def _splits_conv_groups(group: tp.Group) -> bool:
     there would leave channel counts that its ``groups`` no longer divides."""
     for item in group:
         layer = item.dep.target.module
-        if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1:
+        if isinstance(layer, ConvNd) and layer.groups > 1:
             depthwise = layer.groups == layer.in_channels == layer.out_channels
             if not depthwise:
                 return True
@@ -245,11 +247,11 @@ def blocks_line_up(group: tp.Group, blocks: int) -> bool:
     position = {int(r): i for i, r in enumerate(group[0].root_idxs)}
     for item in group:
         layer = item.dep.target.module
-        if not isinstance(layer, nn.modules.conv._ConvNd) or layer.groups == 1:
+        if not isinstance(layer, ConvNd) or layer.groups == 1:
             continue
         if is_depthwise(layer):
             continue
-        out = bool(group._DG.is_out_channel_pruning_fn(item.dep.handler))
+        out = bool(graph_of(group).is_out_channel_pruning_fn(item.dep.handler))
         per_group = (layer.out_channels if out else layer.in_channels) // layer.groups
         at = {
             position[int(r)]: int(i)

@@ -23,6 +23,8 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ...core.layers import AFFINE_TYPES
+from ...core.torch_private import ConvNd
+from ..host import module_name
 from .group_stats import is_out_item
 from .indexing import item_positions, root_lookup
 
@@ -74,7 +76,7 @@ def _channel_of_cell(
     cols = torch.arange(d1)[None, :].expand(d0, d1)
     if tensor.dim() <= 1:  # bias, norm scale/shift: one cell per output channel
         return (rows, d0) if kind == "out" else None
-    if isinstance(layer, nn.modules.conv._ConvNd):
+    if isinstance(layer, ConvNd):
         if layer.transposed:  # [in, out/groups, k...]
             if layer.groups != 1:
                 return None
@@ -91,7 +93,7 @@ def _channel_of_cell(
 def _tensors(layer: nn.Module, kind: _Kind) -> list[str] | None:
     """Names of the parameters of ``layer`` a channel of this kind owns (None: unsupported)."""
     own = [n for n in ("weight", "bias") if isinstance(getattr(layer, n, None), nn.Parameter)]
-    if isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)):
+    if isinstance(layer, (ConvNd, nn.Linear)):
         return own if kind == "out" else ["weight"]
     if isinstance(layer, AFFINE_TYPES) and kind == "out":
         if isinstance(layer, nn.PReLU) and layer.weight.numel() == 1:
@@ -159,7 +161,7 @@ class WeightGroups:
                         slots[key] = torch.full((mapping[1],), -1, dtype=torch.long)
                         owners[id(tensor)] = (layer, name, tensor)
                     slots[key][idxs] = where
-            name = graph._module2name.get(group[0].dep.target.module, "?")
+            name = module_name(graph, group[0].dep.target.module, "?")
             channels.extend((name, int(r)) for r in roots)
             offset += len(roots)
 
