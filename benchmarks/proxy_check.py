@@ -46,7 +46,7 @@ import torch_pruning as tp
 from _common import RESULTS, log, provenance, write_json
 
 from cpmc_plugin import CPMCImportance, calibrate_importance
-from cpmc_plugin.torch_pruning.calibration.search import DEFAULT_CANDIDATES
+from cpmc_plugin.torch_pruning.calibration.grid import DEFAULT_CANDIDATES
 from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
 from cpmc_plugin.training import Distributed
 

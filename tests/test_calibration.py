@@ -26,7 +26,8 @@ from cpmc_plugin.core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset, li
 from cpmc_plugin.core.proxy import proxy_score, split_batches
 from cpmc_plugin.criteria import make_importance, needs_calibration
 from cpmc_plugin.models import resnet20
-from cpmc_plugin.torch_pruning.calibration.search import DEFAULT_CANDIDATES, CalibrationReport
+from cpmc_plugin.torch_pruning.calibration.grid import DEFAULT_CANDIDATES
+from cpmc_plugin.torch_pruning.calibration.report import CalibrationReport
 from cpmc_plugin.torch_pruning.importance import RankingScope
 from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
 

@@ -17,7 +17,7 @@ from cpmc_plugin import CPMCImportance, CPMCPruner, calibrate_importance
 from cpmc_plugin.core.batchnorm import recalibrate_bn
 from cpmc_plugin.core.proxy import finetune_briefly, proxy_score
 from cpmc_plugin.models import resnet20
-from cpmc_plugin.torch_pruning.calibration.search import DEFAULT_CANDIDATES
+from cpmc_plugin.torch_pruning.calibration.grid import DEFAULT_CANDIDATES
 from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
 
 X = torch.randn(1, 3, 16, 16)

@@ -14,7 +14,7 @@ import torch_pruning as tp
 import torchvision
 
 from cpmc_plugin.models import create_model, list_models
-from cpmc_plugin.torch_pruning.cost.counting import _count, host_counter
+from cpmc_plugin.torch_pruning.cost.counting import count_model, host_counter
 
 from .archs import ARCHS, build
 from .random_cnns import random_cnn
@@ -32,7 +32,7 @@ def assert_equal_to_host(model: nn.Module, x: torch.Tensor) -> None:
     macs, params = tp.utils.count_ops_and_params(model, x)
     assert mine.macs == float(macs)
     assert mine.params == float(params)
-    reference = _count(model, x)  # the host's counter on a meta twin, layer by layer
+    reference = count_model(model, x)  # the host's counter on a meta twin, layer by layer
     assert mine.layer_macs == reference.layer_macs
     assert mine.layer_params == reference.layer_params
 

@@ -44,8 +44,8 @@ def assert_step_met(pruner: CPMCPruner, step: int) -> None:
     macs, _ = tp.utils.count_ops_and_params(pruner.model, pruner.example_inputs)
     reached = 1 - macs / base
     target = 1 - pruner.target_cost(step) / base
-    grain = pruner._granularity / base
-    assert abs(reached - target) <= max(TOL, grain) + 1e-9, (step, reached, target, grain)
+    tolerance = pruner.tolerance / base
+    assert abs(reached - target) <= tolerance + 1e-9, (step, reached, target, tolerance)
 
 
 # ------------------------------------------------------------ test_concat.py

@@ -229,3 +229,179 @@ def test_the_import_reader_resolves_imports():
         (1, "cpmc_plugin.core.registry"),
         (2, "cpmc_plugin.core.registry"),
     ]
+
+
+# ---------------------------------------------------------------------- issue 24
+def _import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the package modules it imports, every import counted (function-level and
+    ``TYPE_CHECKING`` ones too)."""
+    return {
+        name: {target for _, target in _imports(path) if target in modules and target != name}
+        for name, path in modules.items()
+    }
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_cycles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    """No two modules import each other, directly or around a loop, by any import."""
+    cycles = _cycles(_import_graph(MODULES))
+    assert not cycles, "\n".join(" <-> ".join(c) for c in cycles)
+
+
+#: the modules that read another library's private names, and which: each is that
+#: library's one boundary (see their docstrings)
+BOUNDARIES = {
+    "cpmc_plugin.core.torch_private": "torch's layer base classes, a tensor's version",
+    "cpmc_plugin.torch_pruning.host": "torch-pruning's graph and group state",
+    "cpmc_plugin.attention.eager": "transformers' config._attn_implementation",
+}
+#: underscore names that are public by their library's documentation
+DOCUMENTED = ("_fields", "_asdict", "_replace")
+
+
+def _private_reads(path: Path) -> list[tuple[int, str]]:
+    """``x._name`` (and ``getattr(x, "_name")``) where ``x`` is not ``self`` or ``cls``,
+    and ``from module import _name`` of a package module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        name, base = None, None
+        if isinstance(node, ast.Attribute):
+            name, base = node.attr, node.value
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "setattr", "hasattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+        ):
+            name, base = node.args[1].value, node.args[0]
+        elif isinstance(node, ast.ImportFrom) and (
+            node.level or "cpmc_plugin" in (node.module or "")
+        ):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("_")]
+            continue
+        if name is None or not name.startswith("_") or name.startswith("__"):
+            continue
+        if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+            continue
+        if name in DOCUMENTED:
+            continue
+        found.append((node.lineno, f"{ast.unparse(base)}.{name}"))
+    return found
+
+
+def test_the_private_reader_finds_private_reads(tmp_path):
+    source = tmp_path / "example.py"
+    source.write_text(
+        "from .x import _hidden, shown\n"
+        "def f(self, graph, t):\n"
+        "    self._mine, t._fields\n"
+        "    graph._module2name\n"
+        "    getattr(graph, '_history', None)\n"
+    )
+    assert _private_reads(source) == [
+        (1, "_hidden"),
+        (4, "graph._module2name"),
+        (5, "graph._history"),
+    ]
+
+
+def test_no_module_reads_another_objects_private_attributes():
+    wrong = [
+        f"{_where(path, line)} reads {what}"
+        for name, path in MODULES.items()
+        if name not in BOUNDARIES
+        for line, what in _private_reads(path)
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+MAX_LINES = 500
+
+
+def test_no_source_file_is_over_500_lines():
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in MODULES.values()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, long
+
+
+def test_the_shim_finder_finds_shims(tmp_path):
+    shim, real = tmp_path / "shim.py", tmp_path / "real.py"
+    shim.write_text('"""Moved."""\nfrom .x import a\n\n__all__ = ["a"]\n')
+    real.write_text('"""Real."""\nfrom .x import a\n\n__all__ = ["b"]\nb = a\n')
+    assert _only_reexports(shim) and not _only_reexports(real)
+
+
+def _only_reexports(path: Path) -> bool:
+    """A module whose body is a docstring, imports and ``__all__`` (and no lazy table)."""
+    body = ast.parse(path.read_text()).body
+    kinds = []
+    for node in body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the docstring
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            kinds.append("import")
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if all(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+                continue
+            return False
+        else:
+            return False
+    return "import" in kinds
+
+
+def test_no_module_only_reexports():
+    """Every module defines something: no shim at an old path that only imports names
+    from their new place. (A package's ``__init__`` is the package's face: it may
+    gather the names its modules define.)"""
+    shims = [
+        str(p.relative_to(PACKAGE))
+        for p in MODULES.values()
+        if p.name != "__init__.py" and _only_reexports(p)
+    ]
+    assert not shims, shims

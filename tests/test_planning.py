@@ -172,18 +172,18 @@ def test_the_hosts_groups_plan_as_groups_read_again(seed: int) -> None:
     """The pruner plans with the groups torch-pruning read while it was constructed;
     the plan equals the one made from groups the graph derives again."""
     from cpmc_plugin.torch_pruning.graph.build import remembering_groups
+    from cpmc_plugin.torch_pruning.graph.concat import is_repaired
 
     from .random_cnns import random_cnn
 
     model, x = random_cnn(seed)
     with remembering_groups() as calls:
         pruner = CPMCPruner(model, x, flops_reduction=0.4, ignored_layers=[model.head])
-    repaired = any(
-        getattr(node.module, "_cpmc_live_mapping", False) for node in pruner.DG.module2node.values()
-    )  # then the groups are read again, with the repaired concatenation maps
+    repaired = any(is_repaired(node.module) for node in pruner.DG.module2node.values())
+    # then the groups are read again, with the repaired concatenation maps
     assert len(calls) == (2 if repaired else 1)  # else only the host's
     reused = pruner.plan()
-    pruner._units_cache, pruner._model_cache, pruner._host_groups = None, None, None
+    pruner.planner.reset()
     again = pruner.plan()
     assert reused.removals == again.removals
     assert reused.cost == again.cost

@@ -31,10 +31,10 @@ def check_budget(pruner: CPMCPruner, target: float, metric: str) -> None:
     achieved = report.macs_reduction if metric == "macs" else report.params_reduction
     before = report.macs_before if metric == "macs" else report.params_before
     # within 0.5 pp, or within one channel's cost where a single channel costs more
-    assert abs(achieved - target) <= max(TOL, pruner._granularity / before) + 1e-9, (
+    assert abs(achieved - target) <= pruner.tolerance / before + 1e-9, (
         achieved,
         target,
-        pruner._granularity / before,
+        pruner.tolerance / before,
     )
 
 
@@ -86,8 +86,8 @@ def test_iterative_steps_are_even(arch: Arch) -> None:
     for step in range(1, 4):
         pruner.step()
         reached.append(pruner.report().macs_reduction)
-        grain = pruner._granularity / pruner.report().macs_before
-        assert abs(reached[-1] - 0.2 * step) <= max(TOL, grain) + 1e-9
+        tolerance = pruner.tolerance / pruner.report().macs_before
+        assert abs(reached[-1] - 0.2 * step) <= tolerance + 1e-9
     assert reached == sorted(reached)
     with pytest.warns(UserWarning, match="all 3 steps are done"):
         pruner.step()

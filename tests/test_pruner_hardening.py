@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from cpmc_plugin import CPMCPruner
 from cpmc_plugin.core.atomic import ModelSnapshot
-from cpmc_plugin.torch_pruning import pruner as pruner_module
-from cpmc_plugin.torch_pruning.planning.correction import _next_planning_target
+from cpmc_plugin.torch_pruning.cost.meter import Probe
+from cpmc_plugin.torch_pruning.planning.correction import next_planning_target
 
 from .helpers import assert_state_unchanged, snapshot
 
@@ -240,7 +240,7 @@ def test_train_mode_model_batch_one_is_probed_in_eval_mode() -> None:
     assert torch.equal(net.bn.running_mean, stats[0][: len(net.bn.running_mean)]) or (
         len(net.bn.running_mean) < 16
     )
-    assert abs(pruner.report().macs_reduction - 0.3) <= 0.005 + pruner._granularity / max(
+    assert abs(pruner.report().macs_reduction - 0.3) <= pruner.tolerance / max(
         pruner.report().macs_before, 1
     )
 
@@ -282,22 +282,20 @@ def test_inputs_that_do_not_fit_still_say_so() -> None:
 def test_next_planning_target_by_hand() -> None:
     # initial 100, target 50: the plan aimed at 50 but measured 70 (removed 30 of 50 wanted)
     # -> plan removal 50 * 50/30 = 83.33, i.e. aim at 16.67
-    assert _next_planning_target([(50.0, 70.0)], 50.0, 100.0) == pytest.approx(100 - 250 / 3)
+    assert next_planning_target([(50.0, 70.0)], 50.0, 100.0) == pytest.approx(100 - 250 / 3)
     # both sides seen: the secant through the origin leaves the bracket (30, 50): bisect
     tried = [(50.0, 70.0), (30.0, 40.0)]
     # secant from the last: planned 70, achieved 60, wanted 50 -> 58.33 removal, aim 41.67
-    assert _next_planning_target(tried, 50.0, 100.0) == pytest.approx(100 - 70 * 50 / 60)
+    assert next_planning_target(tried, 50.0, 100.0) == pytest.approx(100 - 70 * 50 / 60)
     tried = [(50.0, 70.0), (45.0, 40.0)]  # secant: aim 100 - 55*50/60 = 54.17 > 50: bisect
-    assert _next_planning_target(tried, 50.0, 100.0) == pytest.approx(47.5)
+    assert next_planning_target(tried, 50.0, 100.0) == pytest.approx(47.5)
     # nothing removed: double the planned removal
-    assert _next_planning_target([(80.0, 100.0)], 50.0, 100.0) == pytest.approx(60.0)
+    assert next_planning_target([(80.0, 100.0)], 50.0, 100.0) == pytest.approx(60.0)
     # removing everything was tried already (the guess clamps to 0 again): give up
-    assert _next_planning_target([(0.0, 60.0)], 50.0, 100.0) is None
+    assert next_planning_target([(0.0, 60.0)], 50.0, 100.0) is None
 
 
-def _skewed(factor: float):
-    real = pruner_module.build_cost_model
-
+def _skewed(real, factor: float):
     def build(*args, **kwargs):
         model = real(*args, **kwargs)
         model.terms = [type(t)(t.cost * (factor if t.dims else 1.0), t.dims) for t in model.terms]
@@ -314,13 +312,13 @@ def test_a_wrong_cost_model_is_corrected_against_the_count(monkeypatch, factor) 
         nn.Conv2d(32, 32, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4),
     )  # fmt: skip
     x = torch.randn(1, 3, 16, 16)
-    monkeypatch.setattr(pruner_module, "build_cost_model", _skewed(factor))
     pruner = CPMCPruner(net, x, flops_reduction=0.5, ignored_layers=[net[7]])
+    pruner.planner.cost_model = _skewed(pruner.planner.cost_model, factor)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # met: no off-target warning
         pruner.step()
         report = pruner.report()
-    tolerance = max(0.005, pruner._granularity / report.macs_before)
+    tolerance = pruner.tolerance / report.macs_before
     assert abs(report.macs_reduction - 0.5) <= tolerance + 1e-9
 
 
@@ -329,8 +327,8 @@ def test_a_budget_that_cannot_be_counted_right_is_refused_unchanged(monkeypatch)
     net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 3))
     x = torch.randn(1, 3, 12, 12)
     pruner = CPMCPruner(net, x, flops_reduction=0.5, ignored_layers=[net[2]])
-    frozen = pruner._initial
-    monkeypatch.setattr(pruner_module._Probe, "counts", lambda self: frozen)  # never moves
+    frozen = pruner.initial_counts
+    monkeypatch.setattr(Probe, "counts", lambda self: frozen)  # the count never moves
     state, shape, attrs = record(net)
     with pytest.raises(ValueError, match=r"cannot meet flops_reduction=0.5.*unchanged"):
         pruner.step()
@@ -459,7 +457,7 @@ def test_conv_transpose_meets_each_iterative_budget(isomorphic: bool) -> None:
         for group in pruner.step(interactive=True):
             group.prune()
         macs = tp.utils.count_ops_and_params(net, x)[0]
-        tolerance = max(0.005, pruner._granularity / base)
+        tolerance = pruner.tolerance / base
         assert abs((1 - macs / base) - 0.75 * step / 5) <= tolerance + 1e-9
     assert net.training and net(x).shape == (1, 8, 32, 32)
     assert net.conv2.in_channels == net.conv1.out_channels < 16

@@ -9,7 +9,6 @@ other exception fails. The targeted tests below pin each cause found with it.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import pytest
@@ -65,7 +64,7 @@ def check_case(seed: int) -> str:
     else:
         initial, now = report.params_before, report.params_after
     target = initial * (1 - case.reduction)
-    tolerance = max(TOL * initial, pruner._granularity)
+    tolerance = pruner.tolerance
     assert abs(now - target) <= tolerance + 1e-6, (
         model.description,
         case.metric,
@@ -140,20 +139,19 @@ def _predicted_and_counted(pruner: CPMCPruner) -> tuple[float, float, float]:
     The plan is applied group by group without any correction, so this checks the cost
     model itself (the pruner's own step may re-plan against the count).
     """
-    units, scores = pruner._score(pruner._units())
-    model = pruner._cost_model(units)
-    floors = [pruner._floor(u) for u in units]
-    per_layer = {"layer_floor": pruner._floor}
-    if "layer_floor" not in inspect.signature(model.channel_groups).parameters:
-        per_layer = {}  # a planner without per-layer floors (to compare with older code)
-    groups = model.channel_groups(units, scores, floors, pruner._rounding, **per_layer)
+    planner = pruner.planner
+    units, scores = planner.score(planner.units(), pruner.importance)
+    model = planner.cost_model(units)
+    floors = [planner.floor(u) for u in units]
+    groups = model.channel_groups(units, scores, floors, planner.rounding, planner.floor)
     plan = plan_removal(
         groups, dim_sizes=model.dim_sizes, terms=model.terms, target_cost=pruner.target_cost(1)
     )
-    for module, fn, idxs in pruner._plan(1):
-        pruner.DG.get_pruning_group(module, fn, idxs).prune()
+    for removal in pruner.plan(1).removals:
+        pruner.DG.get_pruning_group(removal.module, removal.handler, list(removal.idxs)).prune()
     macs, params = tp.utils.count_ops_and_params(pruner.model, pruner.example_inputs)
-    initial = pruner._initial.macs if pruner.metric == "macs" else pruner._initial.params
+    counts = pruner.initial_counts
+    initial = counts.macs if pruner.metric == "macs" else counts.params
     return plan.cost, float(macs if pruner.metric == "macs" else params), float(initial)
 
 
@@ -397,8 +395,8 @@ def _mlp_with_custom_layer() -> tuple[nn.Module, torch.Tensor]:
 
 
 def _terms_of(pruner: CPMCPruner, module: nn.Module) -> dict[tuple[str, ...], float]:
-    model = pruner._cost_model(pruner._units())
-    dim = model._dims[(id(module), "out")]
+    model = pruner.planner.cost_model(pruner.planner.units())
+    dim = model.dim_index[(id(module), "out")]
     named = {(): "1", (dim,): "k", (dim, dim): "k^2"}
     found: dict[tuple[str, ...], float] = {}
     for term in model.terms:
@@ -505,9 +503,9 @@ def test_linear_bias_macs_are_counted_once_per_call() -> None:
     model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3))
     x = torch.randn(1, 7, 6)  # 7 tokens
     pruner = CPMCPruner(model, x, flops_reduction=0.4, ignored_layers=[model[2]])
-    cost_model = pruner._cost_model(pruner._units())
-    out_dim = cost_model._dims[(id(model[0]), "out")]
-    in_dim = cost_model._dims[(id(model[0]), "in")]
+    cost_model = pruner.planner.cost_model(pruner.planner.units())
+    out_dim = cost_model.dim_index[(id(model[0]), "out")]
+    in_dim = cost_model.dim_index[(id(model[0]), "in")]
     weight = sum(t.cost for t in cost_model.terms if t.dims == (out_dim, in_dim))
     linear = sum(t.cost for t in cost_model.terms if t.dims == (out_dim,))
     assert weight == pytest.approx(7 * 6 * 10)  # tokens x in x out
@@ -555,5 +553,5 @@ def test_attention_width_stays_a_multiple_of_its_heads() -> None:
     pruner.step()
     assert model.attention.embed_dim in (4, 8)  # 12 channels, 4 heads: 8 or 4 are left
     assert model(x).shape == (1, 3)
-    check_tolerance = max(TOL, pruner._granularity / pruner.report().macs_before)
+    check_tolerance = pruner.tolerance / pruner.report().macs_before
     assert abs(pruner.report().macs_reduction - 0.3) <= check_tolerance

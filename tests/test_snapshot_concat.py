@@ -15,7 +15,7 @@ import torch
 import torch_pruning as tp
 
 from cpmc_plugin import CPMCPruner
-from cpmc_plugin.torch_pruning.calibration.search import DEFAULT_CANDIDATES
+from cpmc_plugin.torch_pruning.calibration.grid import DEFAULT_CANDIDATES
 from cpmc_plugin.torch_pruning.graph.snapshot import prune_snapshot
 from tests.archs import ARCHS, TinyDenseNet, build
 

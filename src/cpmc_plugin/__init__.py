@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they lo
     from .sparse.oicsr import OICSRImportance, OICSRRegularizer
     from .sparse.protocol import SparseRegularizer
     from .sparse.ssr import SSRImportance, SSRRegularizer
-    from .torch_pruning.calibration.search import CalibrationReport, calibrate_importance
+    from .torch_pruning.calibration.report import CalibrationReport
+    from .torch_pruning.calibration.run import calibrate_importance
     from .torch_pruning.graph.negative_concat import fixed_graphs
     from .torch_pruning.history import load_pruned, save_pruned
     from .torch_pruning.importance import CPMCImportance
@@ -46,8 +47,8 @@ _EXPORTS: dict[str, str] = {
     "eager_attention": ".attention.eager",
     "fixed_graphs": ".torch_pruning.graph.negative_concat",
     "CPMCImportance": ".torch_pruning.importance",
-    "calibrate_importance": ".torch_pruning.calibration.search",
-    "CalibrationReport": ".torch_pruning.calibration.search",
+    "calibrate_importance": ".torch_pruning.calibration.run",
+    "CalibrationReport": ".torch_pruning.calibration.report",
     "load_pruned": ".torch_pruning.history",
     "save_pruned": ".torch_pruning.history",
     "NORMALIZERS": ".core.cpmc",

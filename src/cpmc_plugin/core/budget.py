@@ -31,6 +31,7 @@ import torch
 __all__ = [
     "BudgetPlan",
     "ChannelGroup",
+    "CostEvaluator",
     "CostTerm",
     "UnreachableBudgetError",
     "lowest_cost",
@@ -109,7 +110,7 @@ class BudgetPlan:
     granularity: float = 0.0  # cost of the last unit in the ranking the plan stops at
 
 
-class _Evaluator:
+class CostEvaluator:
     """Cost of the plan that removes, from every group, its ``m`` lowest units."""
 
     def __init__(
@@ -158,7 +159,7 @@ def lowest_cost(
     groups: Sequence[ChannelGroup], *, dim_sizes: Sequence[int], terms: Sequence[CostTerm]
 ) -> float:
     """The cost left when every group gives up all it may (its floor)."""
-    evaluator = _Evaluator(groups, dim_sizes, terms)
+    evaluator = CostEvaluator(groups, dim_sizes, terms)
     counts = [_round_count(g.cap, len(g.scores), g.cap, g.round_to) for g in groups]
     return evaluator.cost(counts)
 
@@ -178,7 +179,7 @@ def plan_removal(
     its units. Raises :class:`UnreachableBudgetError` (a ``ValueError``) when even
     the whole ranking leaves the cost above the target.
     """
-    evaluator = _Evaluator(groups, dim_sizes, terms)
+    evaluator = CostEvaluator(groups, dim_sizes, terms)
     base = evaluator.cost([0] * len(groups))
     if not groups:
         if base > target_cost:

@@ -30,9 +30,9 @@ import torch
 from .budget import (
     BudgetPlan,
     ChannelGroup,
+    CostEvaluator,
     CostTerm,
     UnreachableBudgetError,
-    _Evaluator,
     plan_removal,
 )
 
@@ -108,7 +108,7 @@ def refine_plan(
     """
     if abs(plan.cost - target_cost) <= tolerance:
         return plan.removed, plan.cost
-    evaluator = _Evaluator(groups, dim_sizes, terms)
+    evaluator = CostEvaluator(groups, dim_sizes, terms)
     counts = [len(r) for r in plan.removed]
     steps = []
     for i, (group, m) in enumerate(zip(groups, counts, strict=True)):

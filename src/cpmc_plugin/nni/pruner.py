@@ -20,7 +20,7 @@ from ..torch_pruning.graph.concat import repair_concat_mappings
 from ..torch_pruning.graph.indexing import item_positions, positions_in, root_lookup
 from ..torch_pruning.host import Group
 from ..torch_pruning.importance import CPMCImportance, RankingScope
-from ..torch_pruning.planning.plan import plan_budget
+from ..torch_pruning.oneshot import plan_budget
 from ._units import (
     Setting,
     bounds,

@@ -27,7 +27,13 @@ from ..torch_pruning.graph.removal import remove_small_groups
 from ..torch_pruning.graph.weight_groups import WeightGroups
 from ..torch_pruning.host import DependencyGraph, Group
 
-__all__ = ["RUN_HINT", "GroupRegularizer", "WeightGroupRegularizer", "warn_unsupported"]
+__all__ = [
+    "REMOVAL_STACKLEVEL",
+    "RUN_HINT",
+    "GroupRegularizer",
+    "WeightGroupRegularizer",
+    "warn_unsupported",
+]
 
 #: what to try when a pruned model no longer runs (shared by the sparse-training removals)
 RUN_HINT = (
@@ -37,7 +43,7 @@ RUN_HINT = (
 
 #: frames from ``warnings.warn`` in a removal hook up to the caller of the public method:
 #: the hook, ``_prune_zeros``, the public method (``prune_zeros`` or a legacy name), caller
-_REMOVAL_STACKLEVEL = 4
+REMOVAL_STACKLEVEL = 4
 
 
 def warn_unsupported(names: Sequence[str], who: str, effect: str, stacklevel: int = 3) -> None:
@@ -139,7 +145,7 @@ class GroupRegularizer:
 
     def _prune_zeros(self, example_inputs: Any, tolerance: float) -> int:
         """The body of :meth:`prune_zeros`, called directly by every public name (so that
-        a warning of a hook is :data:`_REMOVAL_STACKLEVEL` frames from the caller)."""
+        a warning of a hook is :data:`REMOVAL_STACKLEVEL` frames from the caller)."""
         limit = validate.number("tolerance", tolerance, minimum=0)
         inputs = self.example_inputs if example_inputs is None else example_inputs
         who = f"{type(self).__name__}.{self.removal_name}"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..core.layers import POOLING_TYPES
 from ..core.torch_private import ConvNd, DropoutNd
 
-__all__ = ["_Inferred", "_infer_channels", "_input_hint"]
+__all__ = ["Inferred", "infer_channels", "input_hint"]
 
 
 _CHANNEL_ATTRIBUTES = ("out_channels", "num_features", "out_features", "num_channels")
@@ -74,7 +74,7 @@ _ELEMENTWISE_METHODS = frozenset({"add", "add_", "mul", "mul_", "sub", "sub_"})
 
 
 @dataclass(frozen=True)
-class _Inferred:
+class Inferred:
     """A channel count read from the module tree, and the layer whose attribute gave it."""
 
     channels: int
@@ -82,7 +82,7 @@ class _Inferred:
 
 
 # A channel count, or the reason why the module tree does not tell it.
-_Found = _Inferred | str
+_Found = Inferred | str
 
 
 def _own_channels(module: nn.Module) -> int | None:
@@ -128,11 +128,11 @@ def _traced_channels(module: nn.Module, name: str) -> _Found:
     def broadcast(values: list[Any]) -> _Found:
         """An element-wise result: the operands' channels, where a 1 broadcasts."""
         found = [of(v) for v in values if isinstance(v, torch.fx.Node)]
-        wide = [f for f in found if isinstance(f, _Inferred) and f.channels != 1]
+        wide = [f for f in found if isinstance(f, Inferred) and f.channels != 1]
         if wide:
             counts = sorted({f.channels for f in wide})
             return wide[0] if len(counts) == 1 else f"{name!r} combines {counts} channels"
-        unknown = [f for f in found if not isinstance(f, _Inferred)]
+        unknown = [f for f in found if not isinstance(f, Inferred)]
         if unknown:
             return unknown[0]
         return found[0] if found else f"{name!r} outputs a constant"
@@ -145,7 +145,7 @@ def _traced_channels(module: nn.Module, name: str) -> _Found:
             sub = traced.get_submodule(str(node.target))
             own = _own_channels(sub)
             if own is not None:
-                return _Inferred(own, _join(name, str(node.target)))
+                return Inferred(own, _join(name, str(node.target)))
             if isinstance(sub, _KEEPS_CHANNELS) and args:
                 return of(args[0])
             return f"{_join(name, str(node.target))!r} ({type(sub).__name__}) has no channel count"
@@ -161,11 +161,11 @@ def _traced_channels(module: nn.Module, name: str) -> _Found:
             parts = [of(v) for v in args[0]] if isinstance(args[0], (list, tuple)) else []
             if dim != 1 or not parts:
                 return f"{name!r} concatenates along dim {dim}"
-            unknown = [part for part in parts if not isinstance(part, _Inferred)]
+            unknown = [part for part in parts if not isinstance(part, Inferred)]
             if unknown:
                 return str(unknown[0])
-            known = [part for part in parts if isinstance(part, _Inferred)]
-            return _Inferred(sum(part.channels for part in known), known[-1].source)
+            known = [part for part in parts if isinstance(part, Inferred)]
+            return Inferred(sum(part.channels for part in known), known[-1].source)
         target = getattr(node.target, "__name__", node.target)
         return f"{name!r} ends in {target!r}, whose channel count the module tree does not show"
 
@@ -177,7 +177,7 @@ def _module_channels(module: nn.Module, name: str) -> _Found:
     """The channels ``module`` outputs, read from the module tree (exact), or why not."""
     own = _own_channels(module)
     if own is not None:
-        return _Inferred(own, name)
+        return Inferred(own, name)
     if isinstance(module, nn.Sequential):
         return _sequence_channels(list(module.named_children()), name)
     if list(module.children()):
@@ -185,7 +185,7 @@ def _module_channels(module: nn.Module, name: str) -> _Found:
     return f"{name!r} ({type(module).__name__}) has no channel count"
 
 
-def _infer_channels(modules: dict[str, nn.Module], name: str) -> _Found:
+def infer_channels(modules: dict[str, nn.Module], name: str) -> _Found:
     """The channels module ``name`` outputs; a channel-keeping layer in a ``Sequential``
     (a ReLU, a pooling) outputs what the layers before it output."""
     module = modules[name]
@@ -203,7 +203,7 @@ def _infer_channels(modules: dict[str, nn.Module], name: str) -> _Found:
     return _sequence_channels(children[: position + 1], parent_name)
 
 
-def _input_hint(model: nn.Module) -> str:
+def input_hint(model: nn.Module) -> str:
     """``example_inputs=...`` for the model's first conv or Linear layer, as an example."""
     for name, module in model.named_modules():
         if isinstance(module, ConvNd):

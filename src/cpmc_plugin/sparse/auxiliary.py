@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..core import validate
 from ..core.probe import forward_once
-from ._channels import _infer_channels, _Inferred, _input_hint
+from ._channels import Inferred, infer_channels, input_hint
 
 __all__ = ["AuxiliaryClassifiers", "attach_auxiliary_classifiers", "combined_loss"]
 
@@ -71,11 +71,11 @@ class AuxiliaryClassifiers(nn.Module):
         else:
             channels, sources = {}, {}
             for name in at:
-                found = _infer_channels(modules, name)
-                if not isinstance(found, _Inferred):
+                found = infer_channels(modules, name)
+                if not isinstance(found, Inferred):
                     raise ValueError(
                         f"cannot tell how many channels {name!r} ({type(modules[name]).__name__}) "
-                        f"outputs: {found}; pass {_input_hint(model)}"
+                        f"outputs: {found}; pass {input_hint(model)}"
                     )
                 channels[name] = found.channels
                 sources[name] = f"{found.source!r}: {found.channels}"
@@ -152,7 +152,7 @@ class AuxiliaryClassifiers(nn.Module):
             raise ValueError(
                 f"the auxiliary classifier on {name!r} was built for {expected} "
                 f"channels (read from {self._sources[name]}), but {name!r} outputs {got}; "
-                f"attach it again with {_input_hint(self.model)}, so the count is measured"
+                f"attach it again with {input_hint(self.model)}, so the count is measured"
             )
 
     def detach(self) -> nn.Module:

@@ -26,9 +26,9 @@ from ..core.torch_private import BatchNormBase
 from ..torch_pruning.graph.fold import Fold, apply_fold, layer_inputs, plan_folds, readers
 from ..torch_pruning.graph.group_stats import is_out_item
 from ..torch_pruning.graph.indexing import item_positions, root_lookup
-from ..torch_pruning.graph.removal import Removal, apply_removals, plan_removal, validated
+from ..torch_pruning.graph.removal import Removal, apply_removals, removal_of, validated
 from ..torch_pruning.host import Group
-from ._base import _REMOVAL_STACKLEVEL, GroupRegularizer
+from ._base import REMOVAL_STACKLEVEL, GroupRegularizer
 
 __all__ = ["BNFISTARegularizer"]
 
@@ -241,7 +241,7 @@ class BNFISTARegularizer(GroupRegularizer):
         """Warn about zero-scale channels that had to stay (pointing at the caller)."""
         warning, self._kept_warning = self._kept_warning, None
         if warning:
-            warnings.warn(warning, stacklevel=_REMOVAL_STACKLEVEL)
+            warnings.warn(warning, stacklevel=REMOVAL_STACKLEVEL)
 
     def _remove_zero_channels(
         self, inner: nn.Module, example_inputs: Any
@@ -260,7 +260,7 @@ class BNFISTARegularizer(GroupRegularizer):
             folds = plan_folds(group, zero, inputs)
             unfoldable += int((zero & ~folds.foldable).sum())
             blockers.update(names.get(m, "?") for ms in folds.blockers.values() for m in ms)
-            removal = plan_removal(group, zero & folds.foldable, torch.zeros(len(zero)))
+            removal = removal_of(group, zero & folds.foldable, torch.zeros(len(zero)))
             if removal is not None:
                 plan.append((removal, [f for at, f in folds.folds if at in removal.positions]))
         accepted = validated(graph, [removal for removal, _ in plan])

@@ -17,7 +17,7 @@ _EXPORTS: dict[str, str] = {
     "CPMCPruner": ".pruner",
     "load_pruned": ".history",
     "Plan": ".planning.plan",
-    "plan_budget": ".planning.plan",
+    "plan_budget": ".oneshot",
     "save_pruned": ".history",
 }
 

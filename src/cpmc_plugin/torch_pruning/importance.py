@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -23,11 +23,9 @@ from ..core.layers import ROOT_TYPES
 from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
 from ..core.probe import probe_positions
 from ..core.validate import flag, one_of
+from .calibration.report import CalibrationReport
 from .graph.group_stats import GroupStats, group_stats
 from .host import graph_of, module_name
-
-if TYPE_CHECKING:
-    from .calibration.search import CalibrationReport
 
 __all__ = ["CPMCImportance", "RankingScope"]
 
@@ -143,6 +141,17 @@ class CPMCImportance(tp.importance.Importance):
         self._shared_stats: dict[tuple[Any, ...], GroupStats] | None = None
         #: the report of the calibration that chose these options (``None`` if none did)
         self.calibration: CalibrationReport | None = None
+
+    def share_statistics(self, cache: dict[tuple[Any, ...], GroupStats]) -> None:
+        """Read channel statistics from ``cache`` and store new ones in it.
+
+        Importances that differ only in how they combine the same statistics (the
+        candidates of a calibration) then compute them once. Give every one the same
+        ``cache`` (an empty dict at first) and keep the model unchanged while it is used.
+        """
+        if not isinstance(cache, dict):
+            raise TypeError(f"cache must be a dict, got {type(cache).__name__}")
+        self._shared_stats = cache
 
     @classmethod
     def preset(cls, family: str, example_inputs: Any = None, **overrides: Any) -> CPMCImportance:

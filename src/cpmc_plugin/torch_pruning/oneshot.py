@@ -1,4 +1,5 @@
-"""One :class:`~cpmc_plugin.CPMCPruner` run to a budget; gradients when the criterion reads them.
+"""One :class:`~cpmc_plugin.CPMCPruner` step to a budget: planned only (:func:`plan_budget`)
+or applied (:func:`prune_to_budget`, with gradients when the criterion reads them).
 
 The CLI's ``prune`` and ``report`` commands prune this way. A gradient criterion (``"taylor"``)
 gets a fresh backward pass on ``grad_batch`` before every step, so that it ranks the shapes
@@ -17,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,9 +27,10 @@ import torch.nn.functional as F
 
 from ..core.validate import integer
 from .host import Importance
+from .planning.plan import Plan
 from .pruner import CPMCPruner
 
-__all__ = ["prune_to_budget"]
+__all__ = ["plan_budget", "prune_to_budget"]
 
 
 def prune_to_budget(
@@ -101,3 +103,53 @@ def prune_to_budget(
     else:
         pruner.prune()
     return pruner
+
+
+def plan_budget(
+    model: nn.Module,
+    example_inputs: Any,
+    importance: Any = None,
+    *,
+    flops_reduction: float | None = None,
+    params_reduction: float | None = None,
+    ignored_layers: Sequence[nn.Module] | None = None,
+    max_pruning_ratio: float = 0.9,
+    pruning_ratio_dict: Mapping[Any, float] | None = None,
+    round_to: int | None = None,
+    **host_options: Any,
+) -> Plan:
+    """The single step ``CPMCPruner(...).step()`` would apply, planned without pruning.
+
+    The model's parameters, buffers and modules are left as they are (it is traced,
+    counted and scored in eval mode, and its mode is restored). The options are those of
+    :class:`~cpmc_plugin.CPMCPruner` with ``iterative_steps=1``; ``pruning_ratio_dict``
+    maps a layer (or a container of layers) to its own cap in (0, 1], used instead of
+    ``max_pruning_ratio`` for it.
+
+    Raises:
+        TypeError: an option of the wrong type, or an option the pruner does not take.
+        ValueError: a bad value, or a budget the caps make unreachable
+            (:class:`~cpmc_plugin.UnreachableBudgetError`).
+
+    Example:
+        >>> import torch
+        >>> conv, head = torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 2, 1)
+        >>> net = torch.nn.Sequential(conv, torch.nn.ReLU(), head)
+        >>> plan = plan_budget(net, torch.randn(1, 3, 12, 12), params_reduction=0.4,
+        ...                    ignored_layers=[head])
+        >>> [(r.name, len(r.idxs)) for r in plan.removals], conv.out_channels
+        ([('0', 3)], 8)
+    """
+    pruner = CPMCPruner(
+        model,
+        example_inputs,
+        importance,
+        flops_reduction=flops_reduction,
+        params_reduction=params_reduction,
+        ignored_layers=ignored_layers,
+        max_pruning_ratio=max_pruning_ratio,
+        pruning_ratio_dict=pruning_ratio_dict,
+        round_to=round_to,
+        **host_options,
+    )
+    return pruner.plan(1)

@@ -1,9 +1,11 @@
 """What ``CPMCPruner`` accepts: the host options it keeps or refuses, the budget, the
-per-layer caps, and the layer types its cost model covers."""
+per-layer caps, the head options and the layer types its cost model covers, all
+validated eagerly by :func:`read_options` (wrong type: ``TypeError``, wrong value:
+``ValueError``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,9 +14,21 @@ import torch.nn as nn
 
 from ..core.layers import POOLING_TYPES
 from ..core.torch_private import ConvNd, NormBase
-from ..core.validate import flag, fraction
+from ..core.validate import flag, fraction, function, integer, layers_of, optional_integer
+from .importance import CPMCImportance
 
-__all__ = ["HOST_OPTIONS"]
+__all__ = [
+    "HOST_OPTIONS",
+    "MODELLED",
+    "HeadOptions",
+    "PrunerOptions",
+    "check_finite",
+    "layer_caps",
+    "read_head_options",
+    "read_options",
+    "resolve_budget",
+    "why_refused",
+]
 
 
 #: host options that keep their meaning under a budget; the others are refused
@@ -33,7 +47,7 @@ HOST_OPTIONS = frozenset(
 )
 
 
-def _resolve_budget(flops: Any, params: Any) -> tuple[str, float]:
+def resolve_budget(flops: Any, params: Any) -> tuple[str, float]:
     if flops is not None and params is not None:
         raise ValueError(
             "give exactly one of flops_reduction and params_reduction, not both "
@@ -54,12 +68,12 @@ _REFUSED = {
 }
 
 
-def _why_refused(names: Sequence[str]) -> str:
+def why_refused(names: Sequence[str]) -> str:
     reasons = [f"{n} ({_REFUSED.get(n, 'it has no meaning under a budget')})" for n in names]
     return "; ".join(reasons)
 
 
-def _layer_caps(ratios: Any) -> dict[nn.Module, float]:
+def layer_caps(ratios: Any) -> dict[nn.Module, float]:
     """``pruning_ratio_dict`` as per-layer caps: ``{module or tuple of modules: ratio}``."""
     if ratios is None:
         return {}
@@ -83,7 +97,7 @@ def _layer_caps(ratios: Any) -> dict[nn.Module, float]:
     return caps
 
 
-def _check_finite(model: nn.Module) -> None:
+def check_finite(model: nn.Module) -> None:
     # a NaN or Inf makes the sum non-finite; only then look element by element
     bad = [
         name
@@ -98,7 +112,7 @@ def _check_finite(model: nn.Module) -> None:
 
 
 #: layer types whose cost scaling the planner models (the others may make it miss)
-_MODELLED: tuple[type, ...] = (
+MODELLED: tuple[type, ...] = (
     ConvNd,
     nn.Linear,
     NormBase,
@@ -141,7 +155,7 @@ def _modules(name: str, value: Any) -> tuple[nn.Module, ...]:
     return tuple(value)
 
 
-def _head_options(
+def read_head_options(
     num_heads: Any,
     prune_num_heads: Any,
     prune_head_dims: Any,
@@ -186,3 +200,104 @@ def _head_options(
         layers = tuple(_modules("each entry of uniform_layers", entry) for entry in uniform)
     divisible = flag("hidden_divisible_by_heads", hidden_divisible)
     return HeadOptions(heads, by_heads, by_dims, cap, layers, divisible)
+
+
+@dataclass(frozen=True)
+class PrunerOptions:
+    """``CPMCPruner``'s options, validated (see :func:`read_options`)."""
+
+    metric: str
+    reduction: float
+    importance: Any
+    ignored_layers: list[nn.Module] | None
+    heads: HeadOptions
+    caps: dict[nn.Module, float]
+    isomorphic: bool
+    host_options: dict[str, Any]
+
+
+def read_options(
+    model: nn.Module,
+    example_inputs: Any,
+    importance: Any,
+    *,
+    flops_reduction: Any,
+    params_reduction: Any,
+    iterative_steps: Any,
+    ignored_layers: Sequence[nn.Module] | None,
+    output_layers: Sequence[nn.Module] | None,
+    max_pruning_ratio: Any,
+    round_to: Any,
+    finetune_fn: Callable[..., Any] | None,
+    calibration_data: Iterable[Any] | None,
+    calibration_batches: Any,
+    calibration_loss_fn: Callable[..., Any] | None,
+    calibration_finetune_steps: Any,
+    calibration_progress: Any,
+    heads: tuple[Any, ...],
+    host_options: dict[str, Any],
+) -> PrunerOptions:
+    """Validate every option of ``CPMCPruner`` before anything is traced or changed.
+
+    ``heads`` is ``(num_heads, prune_num_heads, prune_head_dims, head_pruning_ratio,
+    uniform_layers, hidden_divisible_by_heads)``. ``output_layers`` join
+    ``ignored_layers``; the default importance is ``CPMCImportance(example_inputs)``.
+    """
+    unknown = sorted(set(host_options) - HOST_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"CPMCPruner does not take {', '.join(unknown)}: "
+            + why_refused(unknown)
+            + ". Host options it passes on: "
+            + ", ".join(sorted(HOST_OPTIONS))
+        )
+    metric, reduction = resolve_budget(flops_reduction, params_reduction)
+    integer("iterative_steps", iterative_steps, minimum=1)
+    fraction("max_pruning_ratio", max_pruning_ratio, one=True)
+    optional_integer("round_to", round_to, minimum=1)
+    integer("calibration_batches", calibration_batches, minimum=2)
+    if finetune_fn is not None:
+        function("finetune_fn", finetune_fn, call="finetune_fn(model, step)")
+    if calibration_loss_fn is not None:
+        function("calibration_loss_fn", calibration_loss_fn, call="loss_fn(outputs, targets)")
+        if calibration_data is None:
+            raise ValueError(
+                "calibration_loss_fn scores calibration candidates: give calibration_data too"
+            )
+    tune_steps = integer("calibration_finetune_steps", calibration_finetune_steps, minimum=0)
+    flag("calibration_progress", calibration_progress)
+    if tune_steps and calibration_data is None:
+        raise ValueError(
+            "calibration_finetune_steps fine-tunes calibration candidates: give "
+            "calibration_data too"
+        )
+    head_options = read_head_options(*heads)
+    rest = dict(host_options)
+    isomorphic = flag("isomorphic", rest.pop("isomorphic", False))
+    caps = layer_caps(rest.pop("pruning_ratio_dict", None))
+    if importance is None:
+        importance = CPMCImportance(example_inputs)
+    if not callable(importance):
+        raise TypeError(
+            f"importance must be a torch-pruning Importance, got {type(importance).__name__}"
+        )
+    if calibration_data is not None and not isinstance(importance, CPMCImportance):
+        raise TypeError(
+            "calibration_data chooses CPMCImportance's options, but importance is "
+            f"{type(importance).__name__}: pass importance=None or a CPMCImportance"
+        )
+    check_finite(model)
+    ignored = None if ignored_layers is None else list(ignored_layers)
+    if ignored_layers is not None or output_layers is not None:
+        ignored = layers_of(model, ignored_layers)
+        outputs = layers_of(model, output_layers, name="output_layers")
+        ignored += [m for m in outputs if all(m is not i for i in ignored)]
+    if torch.is_inference_mode_enabled():
+        raise ValueError(
+            "CPMCPruner cannot prune inside torch.inference_mode(): the weights it "
+            "would make there are inference tensors, which no fine-tune can train. "
+            "Build the pruner and step outside the block (torch.no_grad() is fine)"
+        )
+    return PrunerOptions(
+        metric, reduction, importance, ignored, head_options, caps, isomorphic, rest
+    )

@@ -12,6 +12,7 @@ step through, in one round.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch.nn as nn
 import torch_pruning as tp
@@ -19,8 +20,17 @@ import torch_pruning as tp
 from ..core.atomic import RunFailure
 from ..core.layers import ROOT_TYPES
 from .host import module_name
+from .options import MODELLED
 
-__all__ = ["RUN_HINT", "output_refusal", "reaching_output", "run_refusal"]
+__all__ = [
+    "RUN_HINT",
+    "Budget",
+    "missed_budget",
+    "off_target",
+    "output_refusal",
+    "reaching_output",
+    "run_refusal",
+]
 
 #: what to try when a pruned model no longer runs
 RUN_HINT = (
@@ -88,4 +98,53 @@ def run_refusal(failure: RunFailure) -> ValueError:
     return ValueError(
         f"CPMCPruner refused the step: after pruning, {failure}. The model is unchanged. "
         f"To prune it, {RUN_HINT}"
+    )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A step's budget as the refusal reports it."""
+
+    metric: str
+    reduction: float
+    initial: float
+    target: float
+    tolerance: float
+
+
+def missed_budget(
+    model: nn.Module, budget: Budget, tried: Sequence[tuple[float, float]]
+) -> ValueError:
+    """The refusal of a step whose corrected plans all missed the target: how close the
+    closest came, and the layer types whose cost the planner does not model."""
+    initial, target = budget.initial, budget.target
+    closest = min(tried, key=lambda t: abs(t[1] - target))[1] if tried else target
+    odd = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if next(m.children(), None) is None and not isinstance(m, MODELLED)
+        }
+    )
+    name = "flops_reduction" if budget.metric == "macs" else "params_reduction"
+    return ValueError(
+        f"CPMCPruner cannot meet {name}={budget.reduction}: after {len(tried)} plans "
+        f"corrected against the measured count, the closest left "
+        f"{100 * (1 - closest / initial):.2f} % removed against "
+        f"{100 * (1 - target / initial):.2f} % asked (tolerance "
+        f"{100 * budget.tolerance / initial:.2f} pp). The planner cannot model how the "
+        "cost of some operation scales with channels"
+        + (f" (layer types it does not model: {', '.join(odd)})" if odd else "")
+        + ". The model is unchanged; try another budget, or put those layers in "
+        "ignored_layers"
+    )
+
+
+def off_target(budget: Budget, now: float, step: int) -> str:
+    """The warning for a count that left step ``step`` off its target."""
+    off = 100 * abs(now - budget.target) / budget.initial
+    return (
+        f"CPMCPruner: step {step} left {now:.6g} {budget.metric} against a target of "
+        f"{budget.target:.6g} ({off:.2f} pp off); were all groups of step(interactive=True) "
+        "pruned? Otherwise a layer type whose cost the planner cannot scale may be involved"
     )

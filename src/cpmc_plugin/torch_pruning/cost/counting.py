@@ -36,11 +36,11 @@ from torch_pruning.utils import op_counter as _host
 
 from .attention import AttentionTally, attention_matmuls, counting_attention
 
-__all__ = ["HostTally", "_Counts", "_count", "count_ops_and_params", "host_counter"]
+__all__ = ["Counts", "HostTally", "count_model", "count_ops_and_params", "host_counter"]
 
 
 @dataclass(frozen=True)
-class _Counts:
+class Counts:
     """Per-sample MACs (the host's count plus the attention matmuls it misses) and
     parameters, with each layer's share; ``attention`` holds each module's own
     attention matmuls (see :mod:`~cpmc_plugin.torch_pruning.cost.attention`)."""
@@ -51,7 +51,7 @@ class _Counts:
     layer_params: dict[nn.Module, float]
     attention: dict[nn.Module, float] = field(default_factory=dict)
 
-    def with_attention(self, attention: dict[nn.Module, float]) -> _Counts:
+    def with_attention(self, attention: dict[nn.Module, float]) -> Counts:
         """These counts with ``attention``'s matmuls added to the total."""
         if not attention:
             return self
@@ -71,7 +71,7 @@ def _meta_twin(model: nn.Module, example_inputs: Any) -> tuple[nn.Module, Any]:
     return copy.deepcopy(model, memo), inputs
 
 
-def _count(model: nn.Module, example_inputs: Any, attention: bool = True) -> _Counts:
+def count_model(model: nn.Module, example_inputs: Any, attention: bool = True) -> Counts:
     """``tp.utils.count_ops_and_params`` of ``model``, layer by layer.
 
     The host counter deep-copies the model and runs it; running it on a meta-device
@@ -88,7 +88,7 @@ def _count(model: nn.Module, example_inputs: Any, attention: bool = True) -> _Co
         model.train(was_training)
 
 
-def _count_eval(model: nn.Module, example_inputs: Any, attention_too: bool) -> _Counts:
+def _count_eval(model: nn.Module, example_inputs: Any, attention_too: bool) -> Counts:
     try:
         twin, inputs = _meta_twin(model, example_inputs)
         macs, params, twin_macs, twin_params = tp.utils.count_ops_and_params(
@@ -115,7 +115,7 @@ def _per_sample(
     params: float,
     layer_macs: dict[nn.Module, Any],
     layer_params: dict[nn.Module, Any],
-) -> _Counts:
+) -> Counts:
     # per-layer MACs are summed over the batch while the total is per sample; the
     # whole model's entry is that batch sum (the counter also counts some modules that
     # are not leaves, e.g. nn.MultiheadAttention, so a sum over leaves would not do)
@@ -125,7 +125,7 @@ def _per_sample(
         batch_total = sum(float(layer_macs.get(m) or 0.0) for m in leaves)
     scale = float(macs) / batch_total if batch_total > 0 else 1.0
     per_sample = {m: float(v or 0.0) * scale for m, v in layer_macs.items()}
-    return _Counts(float(macs), float(params), per_sample, dict(layer_params))
+    return Counts(float(macs), float(params), per_sample, dict(layer_params))
 
 
 def _layer_params(model: nn.Module) -> dict[nn.Module, int]:
@@ -177,7 +177,7 @@ class HostTally:
         self.batch = 0
         self.attention = AttentionTally()
 
-    def counts(self) -> _Counts:
+    def counts(self) -> Counts:
         """The counts ``tp.utils.count_ops_and_params(model, x, layer_wise=True)`` gives
         for the forward(s) of the block (one forward, as the host runs)."""
         layer_flops: dict[nn.Module, Any] = {}
@@ -204,7 +204,7 @@ class HostTally:
 @contextlib.contextmanager
 def host_counter(model: nn.Module, attention: bool = True) -> Iterator[HostTally]:
     """Count MACs with torch-pruning's own layer hooks during the forwards run in the block
-    (and the attention matmuls the host misses, see :class:`_Counts`).
+    (and the attention matmuls the host misses, see :class:`Counts`).
 
     The hooks and layer types are the host's (``MODULES_MAPPING`` and its custom
     mapping); the batch size is that of the model's first positional input, as the

@@ -12,7 +12,7 @@ import torch_pruning as tp
 from ...core.torch_private import saved_dim, saved_input_shape
 from ..host import HybridIndex
 
-__all__ = ["repair_concat_mappings"]
+__all__ = ["is_repaired", "repair_concat_mappings"]
 
 #: the concat operations whose mappings this module replaced (each once)
 _LIVE_MAPPED: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -95,3 +95,8 @@ def repair_concat_mappings(graph: tp.DependencyGraph) -> int:
         _LIVE_MAPPED.add(op)
         repaired += 1
     return repaired
+
+
+def is_repaired(op: Any) -> bool:
+    """Whether :func:`repair_concat_mappings` replaced the index maps of concat ``op``."""
+    return op in _LIVE_MAPPED

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ...attention.eager import eager_attention
-from ...core.torch_private import saved_dim
+from ...core.torch_private import saved_dim, saved_input_shape
 from ...core.tracing import autograd_on
 
 __all__ = ["fixed_graphs", "unmap_non_channel_concats"]
@@ -36,11 +36,7 @@ _WRAPPED = 1 << 63  # torch reports a negative dim d as 2**64 + d
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
-    meta: Any = getattr(getattr(node, "grad_fn", None), "_input_metadata", None)
-    try:
-        return tuple(int(s) for s in meta[0].shape)
-    except (TypeError, IndexError, AttributeError):
-        return None
+    return saved_input_shape(getattr(node, "grad_fn", None))
 
 
 def _misread(node: Any) -> bool:

@@ -38,7 +38,7 @@ __all__ = [
     "blocks_line_up",
     "channel_blocks",
     "groups_in_order",
-    "plan_removal",
+    "removal_of",
     "prune_in_order",
     "remove_small_groups",
     "validated",
@@ -60,7 +60,7 @@ class Removal:
     kept: tuple[nn.Module, ...] = ()
 
 
-def plan_removal(group: tp.Group, remove: torch.Tensor, priority: torch.Tensor) -> Removal | None:
+def removal_of(group: tp.Group, remove: torch.Tensor, priority: torch.Tensor) -> Removal | None:
     """The removal of the root channels where ``remove`` is true; the channel of highest
     ``priority`` stays when all of them are chosen. ``None`` when nothing goes."""
     chosen = torch.nonzero(remove).flatten()
@@ -197,7 +197,7 @@ def remove_small_groups(
         if not built.entries:
             continue
         norms = group_norms(built.sq_norms())
-        removal = plan_removal(group, norms <= limit, norms)
+        removal = removal_of(group, norms <= limit, norms)
         if removal is not None:
             plan.append(removal)
     return apply_removals(graph, validated(graph, plan))

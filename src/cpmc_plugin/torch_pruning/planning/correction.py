@@ -10,10 +10,10 @@ import torch_pruning as tp
 
 from ..cost.types import GroupUnits
 
-__all__ = ["_isomorphic_quantiles", "_next_planning_target"]
+__all__ = ["isomorphic_quantiles", "next_planning_target"]
 
 
-def _next_planning_target(
+def next_planning_target(
     tried: list[tuple[float, float]], target: float, initial: float
 ) -> float | None:
     """The next planning target, from the (planning target, measured) pairs so far.
@@ -50,7 +50,7 @@ def _isomorphic_key(graph: tp.DependencyGraph, group: tp.Group) -> tuple[Any, ..
     )
 
 
-def _isomorphic_quantiles(
+def isomorphic_quantiles(
     graph: tp.DependencyGraph, units: Sequence[GroupUnits], scores: list[torch.Tensor]
 ) -> list[torch.Tensor]:
     """Isomorphic pruning under a budget: rank channels only against the channels of
