@@ -3,6 +3,7 @@ restored (issue 11, items 2, 3, 5, 11, 12 and 14)."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -297,9 +298,9 @@ def test_next_planning_target_by_hand() -> None:
 
 def _skewed(real, factor: float):
     def build(*args, **kwargs):
-        model = real(*args, **kwargs)
-        model.terms = [type(t)(t.cost * (factor if t.dims else 1.0), t.dims) for t in model.terms]
-        return model
+        model = real(*args, **kwargs)  # the meter's (cached): skewed in a copy
+        terms = [type(t)(t.cost * (factor if t.dims else 1.0), t.dims) for t in model.terms]
+        return dataclasses.replace(model, terms=terms)
 
     return build
 
