@@ -27,10 +27,12 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,10 @@ from _common import RESULTS, provenance, write_json
 from torch import nn
 
 import cpmc_plugin
+from cpmc_plugin.torch_pruning import pruner as pruner_module
+from cpmc_plugin.torch_pruning.applying import Applier
+from cpmc_plugin.torch_pruning.cost.meter import Meter
+from cpmc_plugin.torch_pruning.planning.planner import Planner
 
 #: model name -> the layer kept whole (the classifier)
 CLASSIFIER = {"resnet50": "fc", "densenet121": "classifier", "mobilenet_v2": "classifier.1"}
@@ -71,41 +77,48 @@ def run_ours(model: nn.Module, x: torch.Tensor, classifier: nn.Module) -> tuple[
     return pruner, built
 
 
-#: CPMCPruner's phases that ``--breakdown`` times (the host's graph building included)
-PHASES = ("_units", "_cost_model", "_check_reachable", "_score", "plan", "_apply", "_check_runs")
+#: the parts of CPMC's init + step that ``--breakdown`` times: ``(label, owner, method)``
+#: (init includes ``trace``, the host's own graph building; ``plan`` includes ``score``,
+#: ``check_reachable`` the cost model it builds first)
+PHASES = (
+    ("trace", pruner_module, "trace_with_host"),
+    ("units", Planner, "units"),
+    ("cost_model", Meter, "cost_model"),
+    ("check_reachable", Planner, "check_reachable"),
+    ("score", Planner, "score"),
+    ("plan", Planner, "plan"),
+    ("apply", Applier, "apply"),
+    ("check_runs", Applier, "check_runs"),
+)
 
 
-class _TimedPruner(cpmc_plugin.CPMCPruner):
-    """CPMCPruner with the wall time of each of :data:`PHASES` added up in ``spent``."""
-
+@contextlib.contextmanager
+def _timing_phases() -> Iterator[dict[str, float]]:
+    """Add up the wall time of each of :data:`PHASES` inside the block."""
     spent: dict[str, float] = {}
+    originals = [(owner, attr, getattr(owner, attr)) for _, owner, attr in PHASES]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        type(self).spent = {}
-        super().__init__(*args, **kwargs)
+    def timed(label: str, real: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - started
 
+        return run
 
-def _timed(name: str) -> Any:
-    real = getattr(cpmc_plugin.CPMCPruner, name)
-
-    def run(self: _TimedPruner, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return real(self, *args, **kwargs)
-        finally:
-            spent = type(self).spent
-            spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
-
-    return run
-
-
-for _phase in PHASES:
-    setattr(_TimedPruner, _phase, _timed(_phase))
+    for (label, owner, attr), (_, _, real) in zip(PHASES, originals, strict=True):
+        setattr(owner, attr, timed(label, real))
+    try:
+        yield spent
+    finally:
+        for owner, attr, real in originals:
+            setattr(owner, attr, real)
 
 
 def breakdown(name: str, repeats: int, seed: int, image_size: int) -> dict[str, float]:
-    """Median seconds per phase of CPMC's init + step (``init`` less ``_check_reachable``
-    is the host's graph building plus the probe; the host's own ``host_init_s`` compares)."""
+    """Median seconds per part of CPMC's init + step (see :data:`PHASES`)."""
     torch.manual_seed(seed)
     base = getattr(torchvision.models, name)(weights=None).eval()
     x = torch.randn(1, 3, image_size, image_size)
@@ -113,12 +126,15 @@ def breakdown(name: str, repeats: int, seed: int, image_size: int) -> dict[str, 
     for _ in range(repeats):
         model = copy.deepcopy(base)
         classifier = model.get_submodule(CLASSIFIER[name])
-        started = time.perf_counter()
-        pruner = _TimedPruner(model, x, flops_reduction=0.5, ignored_layers=[classifier])
-        built = time.perf_counter() - started
-        pruner.step()
-        total = time.perf_counter() - started
-        runs.append({**_TimedPruner.spent, "init": built, "total": total})
+        with _timing_phases() as spent:
+            started = time.perf_counter()
+            pruner = cpmc_plugin.CPMCPruner(
+                model, x, flops_reduction=0.5, ignored_layers=[classifier]
+            )
+            built = time.perf_counter() - started
+            pruner.step()
+            total = time.perf_counter() - started
+        runs.append({**spent, "init": built, "total": total})
     return {key: statistics.median(r.get(key, 0.0) for r in runs) for key in runs[0]}
 
 

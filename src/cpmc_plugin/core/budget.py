@@ -122,23 +122,30 @@ class CostEvaluator:
         pad = [(*t.dims, n_dims, n_dims)[:2] for t in terms]
         self.first = torch.tensor([d[0] for d in pad], dtype=torch.long)
         self.second = torch.tensor([d[1] for d in pad], dtype=torch.long)
-        # per group: the removable units, ascending, and per dimension cumulative owned counts
+        # per group: the removable units, ascending; per (group, owned dimension) one row of
+        # cumulative owned counts, padded: counts are whole numbers, so the sums below are
+        # exact in any order
         self.order = [g.candidates for g in groups]
-        self.cumulative: list[list[tuple[int, torch.Tensor]]] = []
-        for group, order in zip(groups, self.order, strict=True):
-            rows = []
+        rows: list[tuple[int, int, torch.Tensor]] = []
+        for index, (group, order) in enumerate(zip(groups, self.order, strict=True)):
             for dim, counts in group.owned.items():
                 cum = torch.zeros(len(order) + 1, dtype=torch.float64)
                 cum[1:] = torch.cumsum(counts[order].to(torch.float64), 0)
-                rows.append((dim, cum))
-            self.cumulative.append(rows)
+                rows.append((index, dim, cum))
+        width = max((len(cum) for _, _, cum in rows), default=1)
+        self.cumulative = torch.zeros(len(rows), width, dtype=torch.float64)
+        for r, (_, _, cum) in enumerate(rows):
+            self.cumulative[r, : len(cum)] = cum
+        self.row_group = torch.tensor([g for g, _, _ in rows], dtype=torch.long)
+        self.row_dim = torch.tensor([d for _, d, _ in rows], dtype=torch.long)
+        self.rows = torch.arange(len(rows))
 
     def cost(self, counts: Sequence[int]) -> float:
+        """The cost left when group ``i`` loses its ``counts[i]`` lowest units."""
         removed = torch.zeros_like(self.sizes)
-        for m, rows in zip(counts, self.cumulative, strict=True):
-            if m:
-                for dim, cum in rows:
-                    removed[dim] += cum[m]
+        if len(self.rows):
+            taken = torch.as_tensor(list(counts), dtype=torch.long)[self.row_group]
+            removed.index_add_(0, self.row_dim, self.cumulative[self.rows, taken])
         kept = ((self.sizes - removed) / self.sizes).clamp_min(0.0)
         return float((self.costs * kept[self.first] * kept[self.second]).sum())
 
@@ -195,21 +202,13 @@ def plan_removal(
     owner = torch.cat([torch.full((len(o),), i) for i, o in enumerate(evaluator.order)])
     ranking = torch.argsort(scores, stable=True)
     # positions[i]: where the units of group i stand in the global ranking, ascending
-    rank_of = torch.empty_like(ranking)
-    rank_of[ranking] = torch.arange(len(ranking))
-    positions = [torch.sort(rank_of[owner == i]).values for i in range(len(groups))]
+    ranked_owner = owner[ranking]
+    sizes = [(len(g.scores), g.cap, g.round_to) for g in groups]
 
     def counts_at(k: int) -> list[int]:
-        target = torch.tensor([k])
-        return [
-            _round_count(
-                int(torch.searchsorted(pos, target, right=False)[0]),
-                len(g.scores),
-                g.cap,
-                g.round_to,
-            )
-            for pos, g in zip(positions, groups, strict=True)
-        ]
+        """Units of each group among the ``k`` lowest of the ranking, rounded and capped."""
+        taken = torch.bincount(ranked_owner[:k], minlength=len(groups)).tolist()
+        return [_round_count(m, n, cap, r) for m, (n, cap, r) in zip(taken, sizes, strict=True)]
 
     total = len(ranking)
     best = counts_at(total)

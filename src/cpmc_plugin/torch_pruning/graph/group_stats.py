@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch_pruning as tp
@@ -136,11 +137,14 @@ def _accumulate(
 ) -> None:
     spots = float(positions.get(layer, 0)) if positions is not None else 0.0
     value_key, params_key, macs_key = ("ov", "op", "om") if outgoing else ("iv", "ip", "im")
-    for per_channel, per_row in norms:
+    for per_channel, _ in norms:
         acc[value_key].index_add_(0, where, per_channel[idxs].double())
-        acc[params_key].index_add_(0, where, torch.full((len(where),), float(per_row)).double())
+    # parameter and MAC counts are whole numbers: one sum per item is exact
+    rows = float(sum(per_row for _, per_row in norms))
+    if norms:
+        acc[params_key].index_add_(0, where, torch.full((len(where),), rows, dtype=torch.float64))
         acc[macs_key].index_add_(
-            0, where, torch.full((len(where),), float(per_row) * spots, dtype=torch.float64)
+            0, where, torch.full((len(where),), rows * spots, dtype=torch.float64)
         )
 
 
@@ -163,7 +167,7 @@ def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: f
         where = item_positions(lookup, item)
         if (where < 0).any():
             continue  # index outside the root's channels (partial group): nothing to score
-        idxs = torch.as_tensor(item.idxs, dtype=torch.long)
+        idxs = torch.from_numpy(np.asarray(item.idxs, dtype=np.int64))
         outgoing = is_out_item(group, item.dep.handler)
         if isinstance(layer, nn.MultiheadAttention):
             if layer in seen:

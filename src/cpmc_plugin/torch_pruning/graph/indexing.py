@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..host import Group
@@ -51,11 +52,13 @@ def positions_in(lookup: torch.Tensor, idxs: Sequence[int] | torch.Tensor) -> to
     ``idxs`` is typically an item's ``root_idxs``; indices below 0 or past the end
     of ``lookup`` are outside the group, like those ``lookup`` marks ``-1``.
     """
-    roots = torch.as_tensor(idxs, dtype=torch.long).reshape(-1)
-    inside = (roots >= 0) & (roots < len(lookup))
-    where = torch.full_like(roots, -1)
-    where[inside] = lookup[roots[inside]]
-    return where
+    # numpy: a group's items are many short lists, where torch's per-call cost dominates
+    roots = np.asarray(idxs, dtype=np.int64).reshape(-1)
+    table = lookup.numpy()
+    inside = (roots >= 0) & (roots < len(table))
+    where = np.full(roots.shape, -1, dtype=np.int64)
+    where[inside] = table[roots[inside]]
+    return torch.from_numpy(where)
 
 
 def item_positions(lookup: torch.Tensor, item: Any) -> torch.Tensor:
@@ -68,4 +71,6 @@ def item_positions(lookup: torch.Tensor, item: Any) -> torch.Tensor:
     roots = item.root_idxs
     if roots is None:
         return torch.full((len(item.idxs),), -1, dtype=torch.long)
-    return positions_in(lookup, [-1 if r is None else r for r in roots])
+    if None in roots:
+        roots = [-1 if r is None else r for r in roots]
+    return positions_in(lookup, roots)
