@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -11,15 +13,17 @@ import torch.nn as nn
 from cpmc_plugin.data import DEBIAN_FASHION_MNIST
 
 __all__ = [
+    "ModelState",
     "accuracy",
-    "assert_state_unchanged",
+    "assert_unchanged",
+    "budget_tolerance",
     "digits_bn_net",
     "digits_split",
     "masked_copy",
+    "model_state",
     "needs_fashion_mnist",
     "param_count",
     "recalibrate_bn",
-    "snapshot",
 ]
 
 
@@ -31,15 +35,81 @@ needs_fashion_mnist = pytest.mark.skipif(
 )
 
 
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return copy.deepcopy(model.state_dict())
+_PLAIN = (bool, int, float, complex, str, bytes, type(None))
 
 
-def assert_state_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
+def _plain(value: object) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelState:
+    """What :func:`model_state` recorded of a model; compare with :func:`assert_unchanged`."""
+
+    #: a copy of every parameter and buffer (persistent or not, shared ones under each name)
+    tensors: dict[str, torch.Tensor]
+    #: every module, by name in ``named_modules`` order: its type and plain attributes
+    modules: dict[str, tuple[type, dict[str, Any]]]
+
+
+def model_state(model: nn.Module) -> ModelState:
+    """Everything about ``model`` a refused or read-only call must leave as it was.
+
+    A detached copy of every parameter and buffer with its name, and for every module its
+    type and its non-tensor attributes: the plain values (numbers, strings, ``None`` and
+    tuples or lists of them) in its ``__dict__``, such as ``in_channels``,
+    ``out_channels``, ``num_features``, ``groups`` or ``hidden_dim``, and its ``training``
+    flag. Take it before the call; :func:`assert_unchanged` compares the model after it.
+    """
+    tensors = {
+        name: tensor.detach().clone()
+        for name, tensor in [
+            *model.named_parameters(remove_duplicate=False),
+            *model.named_buffers(remove_duplicate=False),
+        ]
+    }
+    modules = {
+        name: (
+            type(module),
+            {k: copy.deepcopy(v) for k, v in vars(module).items() if _plain(v)},
+        )
+        for name, module in model.named_modules(remove_duplicate=False)
+    }
+    return ModelState(tensors, modules)
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def assert_unchanged(model: nn.Module, before: ModelState, where: object = "") -> None:
+    """``model`` is exactly as :func:`model_state` recorded it in ``before``.
+
+    The same modules (names, order, types, plain attributes, ``training`` flags) and the
+    same tensors under the same names, with the same dtype, shape and bits (so NaN equals
+    NaN, and 0.0 is not -0.0). ``where`` is added to the failure message.
+    """
+    now = model_state(model)
+    assert list(now.modules) == list(before.modules), (where, "modules")
+    for name, (kind, attrs) in before.modules.items():
+        now_kind, now_attrs = now.modules[name]
+        assert now_kind is kind, (where, name, now_kind, kind)
+        assert now_attrs == attrs, (where, name, now_attrs, attrs)
+    assert list(now.tensors) == list(before.tensors), (where, "tensors")
+    for name, value in before.tensors.items():
+        tensor = now.tensors[name]
+        assert tensor.dtype == value.dtype, (where, name, tensor.dtype, value.dtype)
+        assert tensor.shape == value.shape, (where, name, tuple(tensor.shape), tuple(value.shape))
+        assert torch.equal(_bits(tensor), _bits(value)), (where, name)
+
+
+def budget_tolerance(pruner: Any) -> float:
+    """A CPMCPruner's tolerance as a fraction of the initial cost of its budget's metric:
+    how far a step's reduction may land from its target (0.5 pp, or one unit's cost)."""
+    counts = pruner.initial_counts
+    return pruner.tolerance / (counts.macs if pruner.metric == "macs" else counts.params)
 
 
 def param_count(model: nn.Module) -> int:

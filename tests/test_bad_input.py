@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -12,18 +11,13 @@ import torch_pruning as tp
 
 from cpmc_plugin import CPMCImportance, CPMCPruner
 from tests.archs import ARCHS, build, classifier_of
+from tests.helpers import ModelState, assert_unchanged, model_state
 
 ARCH = ARCHS[1]
 
 
-def assert_untouched(model: nn.Module, before: dict[str, torch.Tensor], training: bool) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert after[key].shape == value.shape, key
-        assert torch.equal(after[key], value) or (
-            value.is_floating_point() and torch.equal(after[key].isnan(), value.isnan())
-        ), key
+def assert_untouched(model: nn.Module, before: ModelState, training: bool) -> None:
+    assert_unchanged(model, before)
     assert model.training is training
 
 
@@ -108,7 +102,7 @@ def test_bad_pruner_options_leave_the_model(
     kwargs: dict[str, Any], error: type, message: str
 ) -> None:
     model = build(ARCH).train()
-    before = copy.deepcopy(model.state_dict())
+    before = model_state(model)
     with pytest.raises(error, match=message):
         CPMCPruner(model, ARCH.example(), ignored_layers=[classifier_of(model)], **kwargs)
     assert_untouched(model, before, training=True)
@@ -119,7 +113,7 @@ def test_non_finite_weights_are_refused(bad: float) -> None:
     model = build(ARCH)
     with torch.no_grad():
         model.blocks[2].body[0][0].weight[0, 0, 0, 0] = bad
-    before = copy.deepcopy(model.state_dict())
+    before = model_state(model)
     with pytest.raises(ValueError, match=r"non-finite \(NaN or Inf\) values in blocks.2.body.0.0"):
         CPMCPruner(model, ARCH.example(), ignored_layers=[classifier_of(model)])
     assert_untouched(model, before, training=False)
@@ -138,7 +132,7 @@ def test_non_finite_weights_refused_by_the_importance_in_metapruner() -> None:
     )
     with torch.no_grad():
         model.stem[0].weight[0, 0, 0, 0] = float("nan")
-    before = copy.deepcopy(model.state_dict())
+    before = model_state(model)
     with pytest.raises(ValueError, match=r"non-finite \(NaN or Inf\) weights in the group of stem"):
         pruner.step()
     assert_untouched(model, before, training=False)
@@ -151,7 +145,7 @@ def test_non_finite_weights_refused_by_the_importance_in_metapruner() -> None:
 )
 def test_inputs_the_model_cannot_run(inputs: Any) -> None:
     model = build(ARCH).train()
-    before = copy.deepcopy(model.state_dict())
+    before = model_state(model)
     with pytest.raises(ValueError, match="example_inputs cannot run through the model"):
         CPMCPruner(model, inputs, ignored_layers=[classifier_of(model)])
     assert_untouched(model, before, training=True)
@@ -184,7 +178,7 @@ def test_unreachable_step_leaves_the_model_and_the_step_count() -> None:
     )
     real = pruner.target_cost  # pretend the budget asks for 10x fewer MACs
     pruner.target_cost = lambda step=None: 0.1 * real(step)  # type: ignore[method-assign]
-    before = copy.deepcopy(model.state_dict())
+    before = model_state(model)
     with pytest.raises(ValueError, match="cannot be met under max_pruning_ratio=0.6"):
         pruner.step()
     assert_untouched(model, before, training=False)

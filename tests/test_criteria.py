@@ -9,8 +9,7 @@ import torch_pruning as tp
 
 from cpmc_plugin import CPMCImportance, CPMCPruner, OICSRImportance
 from cpmc_plugin.criteria import CRITERIA, make_importance, needs_calibration, needs_gradients
-
-from .archs import ARCHS, build, classifier_of
+from tests.archs import ARCHS, build, classifier_of
 
 
 def test_names_map_to_the_host_and_cpmc_importances() -> None:
