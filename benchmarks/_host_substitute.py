@@ -31,7 +31,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import sys
 import traceback
 import zlib
 from collections.abc import Callable
@@ -44,6 +43,7 @@ import torch_pruning as tp
 
 import cpmc_plugin
 from cpmc_plugin import CPMCImportance, CPMCPruner
+from cpmc_plugin.torch_pruning.options import HOST_OPTIONS
 
 __all__ = [
     "HOST_IMPORTANCES",
@@ -94,8 +94,7 @@ PASSED_ON = frozenset(
         "ignored_layers",
         "max_pruning_ratio",
         "round_to",
-        # read from CPMCPruner's own module, wherever the package layout puts it
-        *sys.modules[CPMCPruner.__module__].HOST_OPTIONS,
+        *HOST_OPTIONS,  # the host options CPMCPruner accepts
     }
 )
 _CPMC_NORMALIZERS = frozenset({"max-min", "l2", "max", None})

@@ -19,6 +19,7 @@ import torch_pruning as tp
 
 from cpmc_plugin import CPMCPruner
 from cpmc_plugin.core.budget import ChannelGroup, CostTerm, plan_removal
+from cpmc_plugin.torch_pruning.planning.groups import planner_groups
 from tests.helpers import assert_unchanged, budget_tolerance, model_state
 from tests.random_cnns import BLOCKS, random_case, random_cnn
 
@@ -125,7 +126,7 @@ def _predicted_and_counted(pruner: CPMCPruner) -> tuple[float, float, float]:
     units, scores = planner.score(planner.units(), pruner.importance)
     model = planner.cost_model(units)
     floors = [planner.floor(u) for u in units]
-    groups = model.channel_groups(units, scores, floors, planner.rounding, planner.floor)
+    groups = planner_groups(model, units, scores, floors, planner.rounding, planner.floor)
     plan = plan_removal(
         groups, dim_sizes=model.dim_sizes, terms=model.terms, target_cost=pruner.target_cost(1)
     )

@@ -32,6 +32,7 @@ from ..host import graph_of, module_name
 from ..importance import RankingScope
 from ..options import HeadOptions
 from .correction import isomorphic_quantiles
+from .groups import planner_groups
 from .plan import Plan
 
 __all__ = ["TOLERANCE", "HostPruner", "Planner", "hidden_pin"]
@@ -306,7 +307,7 @@ class Planner:
         model = self.cost_model(units)
         scores = [torch.zeros(u.size) for u in units]
         floors = [self.floor(u) for u in units]
-        groups = model.channel_groups(units, scores, floors, self.rounding, self.floor)
+        groups = planner_groups(model, units, scores, floors, self.rounding, self.floor)
         groups = self.tied(units, groups).groups
         best = lowest_cost(groups, dim_sizes=model.dim_sizes, terms=model.terms)
         if best > target_cost:
@@ -356,7 +357,7 @@ class Planner:
         units, scores = self.score(self.units(), importance, estimate)
         model = self.cost_model(units)
         floors = [self.floor(u) for u in units]
-        groups = model.channel_groups(units, scores, floors, self.rounding, self.floor)
+        groups = planner_groups(model, units, scores, floors, self.rounding, self.floor)
         pins: dict[int, torch.Tensor] = {}
         for _ in range(4):  # re-planned while the hidden width is no multiple of the heads
             pinned, sizes, terms = pin_removal(groups, model.dim_sizes, model.terms, pins)
