@@ -9,6 +9,8 @@ each formula of ``docs/methods.md`` lives in exactly one place:
   forms ``I = E_hat + alpha * (1 - P/P_max) + beta * (1 - F/F_max)`` (``"additive"``);
   ``"per-cost"`` forms ``I = E_hat / (C/C_max)`` instead, where C is the budgeted cost
   (F under a FLOPs budget, P under a parameter budget): weight value per unit of cost.
+- data-aware CPMC: ``taylor`` (the group's first-order loss term, normalized per layer
+  as E is) joins the sum with weight ``gamma``: ``I = E_hat + gamma * T_hat + ...``.
 
 Example:
     >>> import torch
@@ -59,6 +61,7 @@ def validate_criterion_options(
     normalizer: str | None,
     combine: str = "additive",
     cost: str = "macs",
+    gamma: float = 0.0,
 ) -> None:
     """Raise unless the CPMC options are usable (a wrong type: ``TypeError``, else ``ValueError``).
 
@@ -76,6 +79,7 @@ def validate_criterion_options(
     """
     number("alpha", alpha, minimum=0)
     number("beta", beta, minimum=0)
+    number("gamma", gamma, minimum=0)
     number("p", p, minimum=0, low_open=True)
     one_of("normalizer", normalizer, NORMALIZERS)
     one_of("combine", combine, COMBINES)
@@ -149,8 +153,10 @@ def combine_criteria(
     beta: float,
     combine: str = "additive",
     cost: str = "macs",
+    taylor: torch.Tensor | None = None,
+    gamma: float = 0.0,
 ) -> torch.Tensor:
-    """Final CPMC importance ``I = E_hat + alpha*(1 - P/P_max) + beta*(1 - F/F_max)``.
+    """Final CPMC importance ``I = E_hat + gamma*T_hat + alpha*(1 - P/P_max) + beta*(1 - F/F_max)``.
 
     ``weight_value`` is the normalized E of each channel; ``params`` and ``macs`` are
     what removing each channel saves; ``params_max``/``macs_max`` are the largest such
@@ -168,15 +174,18 @@ def combine_criteria(
         ...                  alpha=0, beta=0, combine="per-cost")
         tensor([2., 1.])
     """
+    value = weight_value.float().clone()
+    if gamma and taylor is not None:
+        value += gamma * taylor.float()
     if combine == "per-cost":
         spent, top = (macs, macs_max) if cost == "macs" else (params, params_max)
         if top <= 0:
-            return weight_value.float().clone()
+            return value
         share = (spent.float() / top).clamp_min(_MIN_COST_SHARE)
-        return weight_value.float() / share
+        return value / share
     if combine != "additive":
         one_of("combine", combine, COMBINES)
-    score = weight_value.float().clone()
+    score = value
     if alpha:
         p_hat = params.float() / params_max if params_max > 0 else torch.zeros_like(score)
         score += alpha * (1.0 - p_hat)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..core.activity import ChannelActivity, collect_activity
 from ..core.atomic import shape_signature
 from ..core.cpmc import (
     COMBINES,
@@ -22,7 +24,7 @@ from ..core.cpmc import (
 from ..core.layers import ROOT_TYPES
 from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
 from ..core.probe import probe_positions
-from ..core.validate import flag, one_of
+from ..core.validate import flag, function, integer, one_of
 from .calibration.report import CalibrationReport
 from .graph.group_stats import GroupStats, group_stats
 from .host import graph_of, module_name
@@ -87,6 +89,22 @@ class CPMCImportance(tp.importance.Importance):
         combine: ``"additive"`` (eq. 7) or ``"per-cost"`` (weight value per unit of cost).
         cost: what ``"per-cost"`` divides by: ``"macs"``, ``"params"``, or ``None`` to
             follow the budget of :class:`~cpmc_plugin.CPMCPruner` (MACs elsewhere).
+        data: calibration batches, ``(inputs, targets)`` (or inputs alone without the
+            Taylor term), e.g. a training ``DataLoader``: data-aware CPMC. The first
+            ``data_batches`` are kept and measured with hooks in one pass, on the model
+            itself, again whenever its shapes changed (after each prune). With
+            ``activation_weighted`` the weight value is measured in function space:
+            ``E = sum ||W_out||_p^p rms(out)^p + sum ||W_in||_p^p rms(in)^p``, each weight
+            times the scale of the activation it acts on (the channel's output, and the
+            input each consumer reads, after BatchNorm and the nonlinearity).
+        data_batches: how many batches of ``data`` to keep (>= 1).
+        gamma: weight of the first-order loss term (>= 0; needs ``data`` with targets):
+            ``T = sum |w * dL/dw|`` over the channel's weights, normalized per layer as E
+            is: ``I = E_hat + gamma * T_hat + alpha * (1 - P/P_max) + beta * (1 - F/F_max)``.
+        activation_weighted: ``False`` keeps the data-blind E (then ``data`` serves the
+            Taylor term only).
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean loss for the Taylor term (default:
+            cross entropy over the logits, ``outputs.logits`` for Hugging Face models).
 
     Example:
         >>> import torch, torch_pruning as tp
@@ -112,14 +130,20 @@ class CPMCImportance(tp.importance.Importance):
         weight_dependency: bool = True,
         combine: str = "additive",
         cost: str | None = None,
+        data: Iterable[Any] | None = None,
+        data_batches: int = 8,
+        gamma: float = 0.0,
+        activation_weighted: bool = True,
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     ) -> None:
         one_of("combine", combine, COMBINES)
         additive = combine == "additive"
         alpha = (DEFAULT_ALPHA if additive else 0.0) if alpha is None else alpha
         beta = (DEFAULT_BETA if additive else 0.0) if beta is None else beta
         validate_criterion_options(
-            alpha=alpha, beta=beta, p=p, normalizer=normalizer, combine=combine
+            alpha=alpha, beta=beta, p=p, normalizer=normalizer, combine=combine, gamma=gamma
         )
+        batches = _data_batches(data, data_batches, gamma, activation_weighted, loss_fn)
         if cost is not None:
             one_of("cost", cost, COSTS)
         flag("weight_dependency", weight_dependency)
@@ -131,6 +155,13 @@ class CPMCImportance(tp.importance.Importance):
         self.weight_dependency = weight_dependency
         self.combine = combine
         self.cost = cost
+        self.gamma = float(gamma)
+        self.activation_weighted = activation_weighted
+        self.loss_fn = loss_fn
+        self.data_batches = data_batches
+        #: the calibration batches the data-aware terms are measured on (``None``: none)
+        self.data = batches
+        self._activity: tuple[Any, ChannelActivity] | None = None  # (shapes, activity)
         self._scope_metric: str | None = None  # the budget set_scope named
         self._context: _ModelContext | None = None
         self._scope_ignored: tuple[nn.Module, ...] = ()  # set only by set_scope
@@ -163,6 +194,9 @@ class CPMCImportance(tp.importance.Importance):
     def __repr__(self) -> str:
         extra = f", combine={self.combine!r}" if self.combine != "additive" else ""
         extra += f", cost={self.cost!r}" if self.cost is not None else ""
+        if self.data is not None:
+            extra += f", data={len(self.data)} batches, gamma={self.gamma}"
+            extra += "" if self.activation_weighted else ", activation_weighted=False"
         return (
             f"CPMCImportance(alpha={self.alpha}, beta={self.beta}, p={self.p}, "
             f"normalizer={self.normalizer!r}, weight_dependency={self.weight_dependency}"
@@ -179,6 +213,11 @@ class CPMCImportance(tp.importance.Importance):
             "weight_dependency": self.weight_dependency,
             "combine": self.combine,
             "cost": self.cost,
+            "data": self.data,
+            "data_batches": self.data_batches,
+            "gamma": self.gamma,
+            "activation_weighted": self.activation_weighted,
+            "loss_fn": self.loss_fn,
         }
 
     @property
@@ -219,6 +258,7 @@ class CPMCImportance(tp.importance.Importance):
         """The maxima over ``groups``; with ``keep``, their statistics for one scoring."""
         if positions is None and self._needs_positions():
             positions = self._measure(graph.model)
+        self._observe(graph)
         params_max = macs_max = 0.0
         self._kept_stats = {}
         for group in groups:
@@ -237,14 +277,33 @@ class CPMCImportance(tp.importance.Importance):
             macs_max=macs_max,
         )
 
+    def _observe(self, graph: tp.DependencyGraph) -> None:
+        """Measure the data-aware terms on the model as it is now (again after a prune)."""
+        if self.data is None:
+            return
+        shapes = shape_signature(graph.model)
+        if self._activity is not None and self._activity[0] == shapes:
+            return
+        modules = [m for m in graph.module2node if isinstance(m, nn.Module)]
+        activity = collect_activity(
+            graph.model,
+            self.data,
+            modules=modules,
+            batches=len(self.data),
+            gradients=self.gamma > 0,
+            loss_fn=self.loss_fn,
+        )
+        self._activity = (shapes, activity)
+
     def _stats(self, group: tp.Group, positions: dict[nn.Module, int] | None) -> GroupStats:
+        activity = self._activity[1] if self._activity is not None else None
         shared = self._shared_stats
         if shared is None:
-            return group_stats(group, positions, self.p)
+            return group_stats(group, positions, self.p, activity)
         where = None if positions is None else tuple((id(m), n) for m, n in positions.items())
-        key = (id(group), self.p, where)
+        key = (id(group), self.p, where, id(activity))
         if key not in shared:
-            shared[key] = group_stats(group, positions, self.p)
+            shared[key] = group_stats(group, positions, self.p, activity)
         return shared[key]
 
     def _needs_positions(self) -> bool:
@@ -295,13 +354,19 @@ class CPMCImportance(tp.importance.Importance):
                     "layer type); their channels are still ranked by the other layers",
                     stacklevel=2,
                 )
-        value = stats.out_value + stats.in_value if self.weight_dependency else stats.out_value
-        value = value / max(stats.producers, 1)
-        if not torch.isfinite(value).all():
-            raise ValueError(
-                "non-finite (NaN or Inf) weights in the group of "
-                f"{_layer_names(graph, group)}; fix the weights before pruning"
-            )
+        value = self._sides(stats.out_value, stats.in_value, stats.producers)
+        if self.activation_weighted and stats.out_data is not None and stats.in_data is not None:
+            value = self._sides(stats.out_data, stats.in_data, stats.producers)
+        taylor = None
+        if self.gamma and stats.out_taylor is not None and stats.in_taylor is not None:
+            taylor = self._sides(stats.out_taylor, stats.in_taylor, stats.producers)
+        for found in (value, taylor):
+            if found is not None and not torch.isfinite(found).all():
+                measured = " (or activations or gradients measured on data)" if self.data else ""
+                raise ValueError(
+                    f"non-finite (NaN or Inf) weights in the group of {_layer_names(graph, group)}"
+                    f"{measured}; fix the weights before pruning"
+                )
         params, macs = self._costs(stats)
         score = combine_criteria(
             normalize(value, self.normalizer),
@@ -313,8 +378,15 @@ class CPMCImportance(tp.importance.Importance):
             beta=self.beta,
             combine=self.combine,
             cost=self.budget_cost,
+            taylor=None if taylor is None else normalize(taylor, self.normalizer),
+            gamma=self.gamma,
         )
         return score.float()
+
+    def _sides(self, out: torch.Tensor, into: torch.Tensor, producers: int) -> torch.Tensor:
+        """The out-channel part (and, with weight dependency, the in-channel part) of a
+        value, averaged over the layers a residual add ties together."""
+        return (out + into if self.weight_dependency else out) / max(producers, 1)
 
 
 def _layer_names(graph: tp.DependencyGraph, group: Sequence[Any]) -> str:
@@ -325,3 +397,41 @@ def _layer_names(graph: tp.DependencyGraph, group: Sequence[Any]) -> str:
         if name and name not in names:
             names.append(name)
     return ", ".join(names) or "<unnamed>"
+
+
+def _data_batches(
+    data: Iterable[Any] | None,
+    count: Any,
+    gamma: float,
+    activation_weighted: Any,
+    loss_fn: Any,
+) -> list[Any] | None:
+    """The first ``count`` batches of ``data``, kept: every measurement (again after each
+    prune) sees the same batches. Refuses data-aware options that cannot take effect."""
+    integer("data_batches", count, minimum=1)
+    flag("activation_weighted", activation_weighted)
+    if loss_fn is not None:
+        function("loss_fn", loss_fn, call="loss_fn(outputs, targets)")
+    if data is None:
+        if gamma:
+            raise ValueError(
+                f"gamma={gamma} weighs the Taylor term, which is measured on data: pass "
+                "data=... (calibration batches), or gamma=0"
+            )
+        if loss_fn is not None:
+            raise ValueError("loss_fn scores the Taylor term on data: pass data=... too")
+        return None
+    if isinstance(data, (str, bytes, torch.Tensor)) or not isinstance(data, Iterable):
+        raise TypeError(
+            "data must be an iterable of (inputs, targets) batches (e.g. a DataLoader), "
+            f"got {type(data).__name__}"
+        )
+    if not activation_weighted and not gamma:
+        raise ValueError(
+            "data is given but nothing uses it: keep activation_weighted=True, or set "
+            "gamma > 0 for the Taylor term"
+        )
+    batches = list(itertools.islice(data, count))
+    if not batches:
+        raise ValueError("data gave no batch: pass at least one (inputs, targets) batch")
+    return batches

@@ -9,7 +9,7 @@ concatenations, flatten into a Linear) accumulate onto one root channel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ...core.activity import ChannelActivity
 from ...core.cpmc import channel_norm
 from ...core.layers import AFFINE_TYPES, ROOT_TYPES
 from ...core.torch_private import ConvNd
@@ -33,6 +34,7 @@ class GroupStats:
     ``out_*`` sum over the items that own the channel (``W_out``), ``in_*`` over
     the items that consume it (``W_in``); ``producers`` counts the conv/linear
     layers that produce the channel (more than one when a residual add ties them).
+    The data-aware fields are ``None`` unless :func:`group_stats` was given activity.
     """
 
     out_value: torch.Tensor
@@ -43,6 +45,22 @@ class GroupStats:
     in_macs: torch.Tensor
     producers: int
     unsupported: tuple[str, ...]
+    #: with data (see :func:`group_stats`): ``||W||_p^p * rms^p``, each weight's norm times
+    #: the scale of the activation it acts on (the channel's output for ``W_out``, the
+    #: input the consumer reads for ``W_in``)
+    out_data: torch.Tensor | None = None
+    in_data: torch.Tensor | None = None
+    #: with gradients: ``sum |w * dL/dw|`` over the weights of the channel
+    out_taylor: torch.Tensor | None = None
+    in_taylor: torch.Tensor | None = None
+
+
+#: what a norm is taken of: a parameter itself, or a tensor of its shape made from it
+View = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 def is_out_item(group: tp.Group, handler: object) -> bool:
@@ -50,10 +68,13 @@ def is_out_item(group: tp.Group, handler: object) -> bool:
     return bool(dg.is_out_channel_pruning_fn(handler))
 
 
-def _out_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | None:
-    """``(||row||_p^p per output channel, weights per row)`` for the producing parameters."""
+def _out_norms(
+    layer: nn.Module, p: float, view: View = _same
+) -> list[tuple[torch.Tensor, int]] | None:
+    """``(||row||_p^p per output channel, weights per row)`` for the producing parameters
+    (of ``view(parameter)``: the parameter itself, or e.g. its weight x gradient)."""
     if isinstance(layer, ConvNd):
-        weight = layer.weight
+        weight = view(layer.weight)
         if layer.transposed:  # [in, out/groups, k...]
             if layer.groups != 1:
                 return None
@@ -61,28 +82,31 @@ def _out_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | N
         else:
             norms = [(channel_norm(weight, p, dim=0), int(weight[0].numel()))]
     elif isinstance(layer, nn.Linear):
-        norms = [(channel_norm(layer.weight, p, dim=0), layer.in_features)]
+        norms = [(channel_norm(view(layer.weight), p, dim=0), layer.in_features)]
     elif isinstance(layer, nn.Embedding):  # output channel c is column c of the table
-        norms = [(channel_norm(layer.weight, p, dim=1), layer.num_embeddings)]
+        norms = [(channel_norm(view(layer.weight), p, dim=1), layer.num_embeddings)]
     elif isinstance(layer, AFFINE_TYPES):
         scale = getattr(layer, "weight", None)
         if not isinstance(scale, torch.Tensor):
             return []
         if isinstance(layer, nn.PReLU) and scale.numel() == 1:
             return []
-        norms = [(channel_norm(scale.reshape(-1), p), 1)]
+        norms = [(channel_norm(view(scale).reshape(-1), p), 1)]
     else:
         return None
     bias = getattr(layer, "bias", None)
     if isinstance(bias, torch.Tensor):
-        norms.append((channel_norm(bias.reshape(-1), p), 1))
+        norms.append((channel_norm(view(bias).reshape(-1), p), 1))
     return norms
 
 
-def _in_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | None:
-    """``(||column||_p^p per input channel, weights per column)`` for a consuming layer."""
+def _in_norms(
+    layer: nn.Module, p: float, view: View = _same
+) -> list[tuple[torch.Tensor, int]] | None:
+    """``(||column||_p^p per input channel, weights per column)`` for a consuming layer
+    (of ``view(parameter)``, as for :func:`_out_norms`)."""
     if isinstance(layer, ConvNd):
-        weight = layer.weight
+        weight = view(layer.weight)
         if layer.transposed:  # [in, out/groups, k...]: input channel c is row c
             return [(channel_norm(weight, p, dim=0), int(weight[0].numel()))]
         groups = layer.groups
@@ -92,12 +116,12 @@ def _in_norms(layer: nn.Module, p: float) -> list[tuple[torch.Tensor, int]] | No
         per_column = out_per_group * grouped.shape[-1]
         return [(channel_norm(grouped, p, dim=(0, 2)).reshape(-1), per_column)]
     if isinstance(layer, nn.Linear):
-        return [(channel_norm(layer.weight, p, dim=1), layer.out_features)]
+        return [(channel_norm(view(layer.weight), p, dim=1), layer.out_features)]
     return None
 
 
 def _attention_norms(
-    layer: nn.MultiheadAttention, p: float, rows: bool
+    layer: nn.MultiheadAttention, p: float, rows: bool, view: View = _same
 ) -> list[tuple[torch.Tensor, int]] | None:
     """``nn.MultiheadAttention`` over its embedding channels, as the host prunes it (rows
     and columns go together, whichever side the group reaches it from).
@@ -106,11 +130,10 @@ def _attention_norms(
     row ``c`` of ``out_proj``, with their biases (``rows``); it is consumed by column ``c``
     of both (not ``rows``).
     """
-    packed = layer.in_proj_weight
-    if packed is None:  # separate q/k/v weights (kdim or vdim differ): not scored
+    if layer.in_proj_weight is None:  # separate q/k/v weights (kdim or vdim differ): not scored
         return None
     embed = layer.embed_dim
-    out = layer.out_proj.weight
+    packed, out = view(layer.in_proj_weight), view(layer.out_proj.weight)
     if not rows:
         return [
             (channel_norm(packed, p, dim=1), 3 * embed),
@@ -122,7 +145,8 @@ def _attention_norms(
     ]
     for bias in (layer.in_proj_bias, layer.out_proj.bias):
         if isinstance(bias, torch.Tensor):
-            norms.append((channel_norm(bias.reshape(-1, embed), p, dim=1), bias.numel() // embed))
+            per_row = bias.numel() // embed
+            norms.append((channel_norm(view(bias).reshape(-1, embed), p, dim=1), per_row))
     return norms
 
 
@@ -148,15 +172,57 @@ def _accumulate(
         )
 
 
-def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: float) -> GroupStats:
+def _accumulate_data(
+    acc: dict[str, torch.Tensor],
+    layer: nn.Module,
+    norms: list[tuple[torch.Tensor, int]],
+    outgoing: bool,
+    where: torch.Tensor,
+    idxs: torch.Tensor,
+    activity: ChannelActivity,
+    p: float,
+) -> None:
+    """The activation-weighted values and the Taylor terms of one item."""
+    scale = activity.output_scale(layer, p) if outgoing else activity.input_scale(layer, p)
+    key = "od" if outgoing else "id"
+    for per_channel, _ in norms:
+        weighted = per_channel[idxs].double()
+        if scale is not None and len(scale) == len(per_channel):
+            weighted = weighted * scale[idxs]
+        acc[key].index_add_(0, where, weighted)
+    if not activity.gradients:
+        return
+    grads = activity.gradients
+
+    def taylor(tensor: torch.Tensor) -> torch.Tensor:
+        grad = grads.get(tensor)
+        return torch.zeros_like(tensor) if grad is None else tensor.detach() * grad
+
+    if isinstance(layer, nn.MultiheadAttention):
+        taylored = _attention_norms(layer, 1, rows=outgoing, view=taylor)
+    else:
+        taylored = (_out_norms if outgoing else _in_norms)(layer, 1, view=taylor)
+    for per_channel, _ in taylored or []:
+        acc["ot" if outgoing else "it"].index_add_(0, where, per_channel[idxs].double())
+
+
+def group_stats(
+    group: tp.Group,
+    positions: Mapping[nn.Module, int] | None,
+    p: float,
+    activity: ChannelActivity | None = None,
+) -> GroupStats:
     """Weight values and costs of every root channel of ``group``.
 
     ``positions`` gives each layer's output positions per sample (H*W of a conv
-    map); without it MACs are reported as zeros.
+    map); without it MACs are reported as zeros. With ``activity`` (what the model did
+    on data) the activation-weighted values are filled in, and the Taylor terms when
+    it holds gradients; a layer whose activations were not seen counts unweighted.
     """
     n = len(group[0].root_idxs)
     lookup = root_lookup(group)
-    acc = {k: torch.zeros(n, dtype=torch.float64) for k in ("ov", "iv", "op", "ip", "om", "im")}
+    keys = ("ov", "iv", "op", "ip", "om", "im") + (("od", "id", "ot", "it") if activity else ())
+    acc = {k: torch.zeros(n, dtype=torch.float64) for k in keys}
     producers = 0
     unsupported: list[str] = []
     seen: set[nn.Module] = set()
@@ -183,6 +249,8 @@ def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: f
                     unsupported.append(type(layer).__name__)
                 continue
             _accumulate(acc, layer, norms, outgoing, where, idxs, positions)
+            if activity is not None:
+                _accumulate_data(acc, layer, norms, outgoing, where, idxs, activity, p)
             if outgoing and isinstance(layer, ROOT_TYPES):
                 producers += 1
     return GroupStats(
@@ -194,4 +262,8 @@ def group_stats(group: tp.Group, positions: Mapping[nn.Module, int] | None, p: f
         in_macs=acc["im"],
         producers=producers,
         unsupported=tuple(sorted(set(unsupported))),
+        out_data=acc.get("od"),
+        in_data=acc.get("id"),
+        out_taylor=acc.get("ot") if activity is not None and activity.gradients else None,
+        in_taylor=acc.get("it") if activity is not None and activity.gradients else None,
     )
