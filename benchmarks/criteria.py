@@ -107,7 +107,13 @@ from torch.utils.data import DataLoader, Subset
 
 from cpmc_plugin import get_preset
 from cpmc_plugin.core.presets import DEFAULT_ALPHA, DEFAULT_BETA, family_of
-from cpmc_plugin.criteria import CRITERIA, make_importance, needs_calibration, needs_gradients
+from cpmc_plugin.criteria import (
+    CRITERIA,
+    make_importance,
+    needs_calibration,
+    needs_data,
+    needs_gradients,
+)
 from cpmc_plugin.data import dataset_info, load_dataset, make_loaders
 from cpmc_plugin.models import create_model, list_models
 from cpmc_plugin.torch_pruning.oneshot import prune_to_budget
@@ -295,7 +301,10 @@ def prune(
     short fine-tune of ``finetune_steps`` steps for its best plans)."""
     name = "cpmc" if criterion == "cpmc-default" else criterion
     importance = make_importance(
-        name, example, family=None if criterion == "cpmc-default" else family
+        name,
+        example,
+        family=None if criterion == "cpmc-default" else family,
+        data=calibration if needs_data(name) else None,
     )
     model.eval()
     pruner = prune_to_budget(

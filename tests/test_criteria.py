@@ -8,12 +8,19 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from cpmc_plugin import CPMCImportance, CPMCPruner, OICSRImportance
-from cpmc_plugin.criteria import CRITERIA, make_importance, needs_calibration, needs_gradients
+from cpmc_plugin.criteria import (
+    CRITERIA,
+    DATA_AWARE_GAMMA,
+    make_importance,
+    needs_calibration,
+    needs_data,
+    needs_gradients,
+)
 from tests.archs import ARCHS, build, classifier_of
 
 
 def test_names_map_to_the_host_and_cpmc_importances() -> None:
-    assert CRITERIA[:4] == ("cpmc", "cpmc-a", "cpmc-auto", "oicsr")
+    assert CRITERIA[:5] == ("cpmc", "cpmc-a", "cpmc-data", "cpmc-auto", "oicsr")
     assert type(make_importance("cpmc-auto")) is CPMCImportance  # the calibration's base
     assert isinstance(make_importance("CPMC"), CPMCImportance)
     assert make_importance("cpmc-a").weight_dependency is False
@@ -35,7 +42,9 @@ def test_every_criterion_meets_the_budget(name: str) -> None:
     pruner = CPMCPruner(
         net,
         x[:1],
-        importance=make_importance(name, x[:1]),
+        importance=make_importance(
+            name, x[:1], data=[(x, torch.tensor([0, 1]))] if needs_data(name) else None
+        ),
         flops_reduction=0.5,
         ignored_layers=[classifier_of(net)],
         calibration_data=[(x, torch.tensor([0, 1]))] * 4 if needs_calibration(name) else None,
@@ -52,3 +61,17 @@ def test_bad_names_and_options_are_refused() -> None:
         make_importance("l1", alpha=0.1)
     with pytest.raises(ValueError, match=r"unknown preset .transformer.; known presets"):
         make_importance("cpmc", family="transformer")
+    with pytest.raises(ValueError, match=r"criterion 'cpmc-data' measures the model on data"):
+        make_importance("cpmc-data")
+    with pytest.raises(ValueError, match=r"criterion 'l1' takes no data \(only 'cpmc-data' do\)"):
+        make_importance("l1", data=[1])
+
+
+def test_the_data_aware_criterion_is_the_fixed_setting_it_names() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    importance = make_importance("cpmc-data", x, data=[(x, torch.tensor([0]))], alpha=0.2)
+    assert isinstance(importance, CPMCImportance)
+    assert importance.gamma == DATA_AWARE_GAMMA and importance.activation_weighted
+    assert importance.alpha == 0.2 and importance.data is not None and len(importance.data) == 1
+    preset = make_importance("cpmc-data", x, family="vgg", data=[(x, torch.tensor([0]))])
+    assert (preset.alpha, preset.beta) == (0.1, 0.25)

@@ -122,7 +122,8 @@ def test_every_model_builds_runs_and_has_a_classifier(name: str) -> None:
 def test_every_criterion_prunes_a_tiny_net_to_budget(name: str) -> None:
     criterion = CRITERIA_REGISTRY.get(name)
     net, x = _net(), _inputs()
-    importance = make_importance(name, x)
+    data = [(x, torch.tensor([0, 1]))] if criterion.needs_data else None
+    importance = make_importance(name, x, data=data)
     batch = (x, torch.tensor([0, 1])) if criterion.needs_gradients else None
     pruner = prune_to_budget(
         net,

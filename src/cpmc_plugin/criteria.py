@@ -12,6 +12,8 @@ Example:
     (True, False)
     >>> needs_calibration("cpmc-auto"), needs_calibration("cpmc")
     (True, False)
+    >>> needs_data("cpmc-data"), needs_data("cpmc")
+    (True, False)
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ __all__ = [
     "CRITERIA_REGISTRY",
     "Criterion",
     "make_importance",
+    "DATA_AWARE_GAMMA",
     "needs_calibration",
+    "needs_data",
     "needs_gradients",
 ]
 
@@ -47,18 +51,37 @@ class Criterion:
         needs_calibration: whether it is calibrated on data before pruning (pass
             ``calibration_data`` to :class:`~cpmc_plugin.CPMCPruner`); ``build`` gives
             the base importance the calibration starts from.
+        needs_data: whether it measures the model on data batches (data-aware CPMC):
+            ``build(example_inputs, family, data=batches, **options)``.
     """
 
     build: Callable[..., host.Importance]
     takes_options: bool = False
     needs_gradients: bool = False
     needs_calibration: bool = False
+    needs_data: bool = False
 
 
 def _cpmc(example_inputs: Any, family: str | None, **options: Any) -> host.Importance:
     if family is not None:
         return CPMCImportance.preset(family, example_inputs, **options)
     return CPMCImportance(example_inputs, **options)
+
+
+#: the fixed data-aware setting ``"cpmc-data"`` names: activation-weighted E and the
+#: Taylor term at equal weight (both normalized per layer to [0, 1])
+DATA_AWARE_GAMMA = 1.0
+
+
+def _cpmc_data(
+    example_inputs: Any, family: str | None, data: Any = None, **options: Any
+) -> host.Importance:
+    if data is None:
+        raise ValueError(
+            "criterion 'cpmc-data' measures the model on data: pass data= (training "
+            "batches of (inputs, targets))"
+        )
+    return _cpmc(example_inputs, family, data=data, **{"gamma": DATA_AWARE_GAMMA, **options})
 
 
 def _oicsr(example_inputs: Any, family: str | None) -> host.Importance:
@@ -82,6 +105,8 @@ for _name, _criterion in (
             takes_options=True,
         ),
     ),
+    # activation-weighted weight dependency and the Taylor term, on data batches
+    ("cpmc-data", Criterion(_cpmc_data, takes_options=True, needs_data=True)),
     # alpha, beta, normalizer and combine chosen from data at the budget (calibrate_importance)
     (
         "cpmc-auto",
@@ -119,6 +144,17 @@ def needs_gradients(name: str) -> bool:
     return CRITERIA_REGISTRY.get(name).needs_gradients
 
 
+def needs_data(name: str) -> bool:
+    """Whether the criterion measures the model on data batches (``"cpmc-data"``): pass
+    ``data=`` to :func:`make_importance`.
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: unknown criterion; the message lists the known ones.
+    """
+    return CRITERIA_REGISTRY.get(name).needs_data
+
+
 def needs_calibration(name: str) -> bool:
     """Whether the criterion is calibrated on data before pruning (``"cpmc-auto"``).
 
@@ -130,12 +166,18 @@ def needs_calibration(name: str) -> bool:
 
 
 def make_importance(
-    name: str, example_inputs: Any = None, *, family: str | None = None, **options: Any
+    name: str,
+    example_inputs: Any = None,
+    *,
+    family: str | None = None,
+    data: Any = None,
+    **options: Any,
 ) -> host.Importance:
     """The importance called ``name``; ``family``/``options`` (alpha, beta, ...) are CPMC's.
 
     ``family`` picks a measured preset ("vgg", "resnet", "densenet"); explicit
-    ``alpha``/``beta`` override it. Other criteria take no options.
+    ``alpha``/``beta`` override it. Other criteria take no options. ``data`` (training
+    batches) is for the criteria that measure the model on data (:func:`needs_data`).
 
     Raises:
         TypeError: ``name`` is not a str.
@@ -143,9 +185,18 @@ def make_importance(
             given to a criterion that takes none.
     """
     criterion = CRITERIA_REGISTRY.get(name)
+    if criterion.needs_data:
+        return criterion.build(example_inputs, family, data=data, **options)
+    if data is not None:
+        key = CRITERIA_REGISTRY.canonical(name)
+        raise ValueError(f"criterion {key!r} takes no data (only {_data_criteria()} do)")
     if not criterion.takes_options:
         if options:
             key = CRITERIA_REGISTRY.canonical(name)
             raise ValueError(f"criterion {key!r} takes no options, got {sorted(options)}")
         return criterion.build(example_inputs, family)
     return criterion.build(example_inputs, family, **options)
+
+
+def _data_criteria() -> str:
+    return ", ".join(repr(n) for n in CRITERIA_REGISTRY.names() if needs_data(n))

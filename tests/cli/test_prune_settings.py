@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,18 @@ def test_cpmc_auto_fine_tunes_its_calibration_when_asked(
         key=lambda i: (calibration["candidates"][i]["finetuned_loss"], i),
     )
     assert calibration["candidates"][best]["finetuned_loss"] == chosen["finetuned_loss"]
+
+
+def test_the_data_aware_criterion_prunes_on_training_batches(
+    demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "d.pt"
+    argv = ["prune", "--checkpoint", str(demo_dir / "baseline.pt"), "--criterion", "cpmc-data"]
+    assert main([*argv, "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "gamma=1: the weight value weighted by activations" in printed
+    reduction = re.search(
+        r"pruned with cpmc-data \(default: .*gamma=1\): MACs -([0-9.]+)%", printed
+    )
+    assert reduction is not None and abs(float(reduction.group(1)) - 50) <= 1, printed
+    assert Checkpoint.load(out).metrics["pruned"]["criterion"] == "cpmc-data"

@@ -65,6 +65,7 @@ def test_only_the_first_batches_are_read() -> None:
         ([], {}, "data gave no batch"),
         ([torch.ones(1, 2)], {"gradients": True}, r"needs \(inputs, targets\) batches"),
         ([torch.ones(1, 2)], {"batches": 0}, "batches must be"),
+        ([(torch.ones(1, 2), torch.tensor([5]))], {"gradients": True}, "loss failed on batch 0"),
     ],
 )
 def test_bad_input(data, kwargs, match) -> None:

@@ -580,3 +580,23 @@ def test_a_global_pool_mixes_blocked_and_plain_layers() -> None:
     second = int((~kept(masks["features.1.0"]["weight"])).sum())
     assert first + second == 32
     assert first % 4 == 0 and blocks_alike(masks["features.0.0"]["weight"], 4)
+
+
+def test_data_aware_scores_are_cpmc_importances_data_aware_scores() -> None:
+    """The NNI pruner passes the data-aware options to the same importance; the scores it
+    masks by are that importance's, measured on the same batches."""
+    torch.manual_seed(0)
+    data = [(torch.randn(2, 3, 64, 64), torch.randint(0, 10, (2,)))]
+    model = resnet18()
+    pruner = CPMCPruner(model, GLOBAL, example_inputs=X64, data=data, gamma=1.0)
+    metrics = pruner._calculate_metrics(pruner._collect_data())["channel_scores"]
+    pruner.unwrap_model()
+    graph = tp.DependencyGraph().build_dependency(model, X64)
+    importance = CPMCImportance(X64, data=data, gamma=1.0)
+    groups = list(graph.get_all_groups(ignored_layers=[model.fc]))
+    importance.set_scope(graph, RankingScope(tuple(groups)))
+    group = next(g for g in groups if g[0].dep.target.module is model.layer3[0].conv1)
+    plain = CPMCImportance(X64)
+    plain.set_scope(graph, RankingScope(tuple(groups)))
+    torch.testing.assert_close(metrics["layer3.0.conv1"]["weight"], importance(group))
+    assert not torch.allclose(importance(group), plain(group))  # the data changed the ranking

@@ -127,7 +127,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         params_reduction=budget.get("params_reduction"),
         steps=args.steps,
         grad_batch=batch,
-        calibration_data=train if settings.is_calibrated else None,
+        calibration_data=train if settings.uses_training_data else None,
         calibration_finetune_steps=args.calibration_finetune_steps,
     )
     calibration = pruner.calibration

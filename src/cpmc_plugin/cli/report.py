@@ -220,7 +220,7 @@ def write_report(
             baseline.example_inputs,
             flops_reduction=rate,
             grad_batch=calibration[0] if needs_gradients(settings.criterion) else None,
-            calibration_data=calibration if settings.is_calibrated else None,
+            calibration_data=calibration if settings.uses_training_data else None,
         )
         raw = accuracy(model, test, CPU)
         recalibrate_bn(model, calibration, batches=bn_batches)  # statistics only

@@ -19,7 +19,13 @@ import torch.nn as nn
 
 from ..core.presets import DEFAULT_ALPHA, DEFAULT_BETA, get_preset
 from ..core.validate import integer
-from ..criteria import make_importance, needs_calibration, needs_gradients
+from ..criteria import (
+    DATA_AWARE_GAMMA,
+    make_importance,
+    needs_calibration,
+    needs_data,
+    needs_gradients,
+)
 from ..torch_pruning.host import Importance
 from ..torch_pruning.importance import CPMCImportance
 from ..torch_pruning.oneshot import prune_to_budget
@@ -127,6 +133,16 @@ class CriterionSettings:
         return self.criterion.startswith("cpmc")
 
     @property
+    def needs_data(self) -> bool:
+        """Whether its importance measures the model on training batches (``cpmc-data``)."""
+        return needs_data(self.criterion)
+
+    @property
+    def uses_training_data(self) -> bool:
+        """Whether pruning reads training batches (calibrated, or data-aware)."""
+        return self.is_calibrated or self.needs_data
+
+    @property
     def is_calibrated(self) -> bool:
         """Whether its options are chosen from data before each prune (``cpmc-auto``)."""
         return needs_calibration(self.criterion)
@@ -165,7 +181,9 @@ class CriterionSettings:
                 )
             make_importance(criterion)  # an unknown name fails here, with the known ones
             return cls(criterion)
-        importance = make_importance(criterion, family=preset, **options)
+        # alpha and beta resolve as for "cpmc" (a data-aware criterion measures later)
+        base = "cpmc" if needs_data(criterion) else criterion
+        importance = make_importance(base, family=preset, **options)
         assert isinstance(importance, CPMCImportance)
         return cls(
             criterion,
@@ -175,13 +193,22 @@ class CriterionSettings:
             given=tuple(options),
         )
 
-    def importance(self, example_inputs: Any) -> Importance:
+    def importance(
+        self, example_inputs: Any, data: Any = None, data_batches: int = 8
+    ) -> Importance:
         """The torch-pruning importance these settings describe (``cpmc-auto``: the base
-        that calibration starts from)."""
+        that calibration starts from; ``cpmc-data``: measured on ``data_batches`` batches
+        of ``data``)."""
         if not self.is_cpmc or self.is_calibrated:
             return make_importance(self.criterion, example_inputs)
+        extra: dict[str, Any] = {"data": data, "data_batches": data_batches}
         return make_importance(
-            self.criterion, example_inputs, family=self.preset, alpha=self.alpha, beta=self.beta
+            self.criterion,
+            example_inputs,
+            family=self.preset,
+            alpha=self.alpha,
+            beta=self.beta,
+            **(extra if self.needs_data else {}),
         )
 
     def calibration_finetune_steps(self, steps: int) -> int:
@@ -234,18 +261,28 @@ class CriterionSettings:
                 f"criterion {self.criterion!r} needs calibration_data (training batches) to "
                 "choose its options from"
             )
+        if self.needs_data and calibration_data is None:
+            raise ValueError(
+                f"criterion {self.criterion!r} needs calibration_data (training batches) to "
+                "measure the model on"
+            )
         steps_of_tune = self.calibration_finetune_steps(calibration_finetune_steps)
+        data_batches = _batches_for(calibration_data, calibration_samples)
         return prune_to_budget(
             model,
             example_inputs,
-            self.importance(example_inputs),
+            self.importance(
+                example_inputs,
+                calibration_data,
+                _batches_for(calibration_data, calibration_samples),
+            ),
             flops_reduction=flops_reduction,
             params_reduction=params_reduction,
             steps=steps,
             needs_gradients=gradients,
             grad_batch=grad_batch,
             calibration_data=calibration_data if self.is_calibrated else None,
-            calibration_batches=_batches_for(calibration_data, calibration_samples),
+            calibration_batches=data_batches,
             calibration_finetune_steps=steps_of_tune,
         )
 
@@ -266,6 +303,8 @@ class CriterionSettings:
         else:
             origin = "default"
         weights = f"alpha={_number(self.alpha)}, beta={_number(self.beta)}"
+        if self.needs_data:
+            weights += f", gamma={_number(DATA_AWARE_GAMMA)}"
         return f"{self.criterion} ({origin}: {weights})"
 
     def describe(self) -> str:
@@ -291,6 +330,11 @@ class CriterionSettings:
                 default = DEFAULT_ALPHA if name == "alpha" else DEFAULT_BETA
                 source = f"CPMC's default {_number(default)}"
             parts.append(f"{name}={_number(value)} ({source})")
+        if self.needs_data:
+            parts.append(
+                f"gamma={_number(DATA_AWARE_GAMMA)}: the weight value weighted by activations "
+                "and the Taylor term, measured on training batches"
+            )
         return f"criterion {self.criterion}: " + ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:

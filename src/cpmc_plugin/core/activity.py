@@ -159,7 +159,16 @@ def collect_activity(
                         "without targets"
                     )
                 with torch.enable_grad():
-                    loss(run_model(model, inputs), targets).backward()
+                    outputs = run_model(model, inputs)
+                    try:
+                        value = loss(outputs, targets)
+                    except Exception as error:
+                        raise ValueError(
+                            f"the Taylor term's loss failed on batch {seen}: "
+                            f"{type(error).__name__}: {error}. Pass loss_fn(outputs, targets) "
+                            "that fits the model's outputs and the batches' targets"
+                        ) from error
+                    value.backward()
             seen += 1
         if not seen:
             raise ValueError("data gave no batch: pass at least one (inputs, targets) batch")

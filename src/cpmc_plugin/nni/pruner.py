@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,7 +47,9 @@ class CPMCPruner(Pruner):
     channels a residual add or concatenation ties together get identical masks and
     the model can be physically shrunk with :func:`cpmc_plugin.nni.speedup`.
     ``alpha``, ``beta``, ``p``, ``normalizer``, ``weight_dependency`` and ``combine``
-    are :class:`~cpmc_plugin.CPMCImportance`'s options, with its defaults.
+    are :class:`~cpmc_plugin.CPMCImportance`'s options, with its defaults, and so are
+    the data-aware ones (``data``, ``data_batches``, ``gamma``, ``activation_weighted``,
+    ``loss_fn``: docs/methods.md, "Data-aware CPMC").
 
     ``config_list`` takes NNI's keys: ``op_types``/``op_names``/``op_names_re`` with
     ``exclude_op_names``/``exclude_op_types``, ``sparse_ratio`` (share of each layer's
@@ -99,6 +101,11 @@ class CPMCPruner(Pruner):
         flops_reduction: float | None = None,
         evaluator: Any = None,
         existed_wrappers: Any = None,
+        data: Iterable[Any] | None = None,
+        data_batches: int = 8,
+        gamma: float = 0.0,
+        activation_weighted: bool = True,
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     ) -> None:
         # the criterion's options, checked (and their defaults resolved) by CPMC's importance
         self.importance = CPMCImportance(
@@ -109,6 +116,11 @@ class CPMCPruner(Pruner):
             normalizer=normalizer,
             weight_dependency=weight_dependency,
             combine=combine,
+            data=data,
+            data_batches=data_batches,
+            gamma=gamma,
+            activation_weighted=activation_weighted,
+            loss_fn=loss_fn,
         )
         self.flops_reduction = (
             None if flops_reduction is None else fraction("flops_reduction", flops_reduction)
