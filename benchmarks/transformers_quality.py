@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from _common import ROOT, cached_baseline, log, provenance, write_json
 
 from cpmc_plugin import CPMCPruner, calibrate_importance, head_options
-from cpmc_plugin.criteria import make_importance, needs_gradients
+from cpmc_plugin.criteria import make_importance, needs_data, needs_gradients
 
 CRITERIA = ("cpmc-auto", "cpmc", "l1", "l2", "taylor")
 CACHE = ROOT / "benchmarks" / "results" / "cache"
@@ -214,6 +214,11 @@ def prune(task: Any, model: nn.Module, criterion: str, rate: float) -> tuple[flo
             model, x, data, flops_reduction=rate, batches=16, loss_fn=task.loss_fn, **options
         )
         chosen = importance.calibration.best.options
+    elif needs_data(criterion):  # data-aware CPMC: measured on 8 training batches
+        data = list(task.batches(12345, 8 * 64, batch=64))
+        importance = make_importance(
+            criterion, example_inputs=x, family=None, data=data, loss_fn=task.loss_fn
+        )
     else:
         importance = make_importance(criterion, example_inputs=x, family=None)
         if needs_gradients(criterion):
