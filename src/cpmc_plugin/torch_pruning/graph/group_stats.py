@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -150,15 +151,27 @@ def _attention_norms(
     return norms
 
 
+#: the norms of one side of an item: ``norms_of(p=..., view=...)`` (see :func:`_out_norms`)
+NormsOf = Callable[..., list[tuple[torch.Tensor, int]] | None]
+
+
 def _accumulate(
     acc: dict[str, torch.Tensor],
     layer: nn.Module,
-    norms: list[tuple[torch.Tensor, int]],
-    outgoing: bool,
+    side: tuple[bool, NormsOf],
     where: torch.Tensor,
     idxs: torch.Tensor,
     positions: Mapping[nn.Module, int] | None,
-) -> None:
+    p: float,
+    activity: ChannelActivity | None,
+) -> bool:
+    """Add one side of an item to ``acc``: its weight values and costs and, with
+    ``activity``, its activation-weighted values and Taylor terms. ``False`` when the
+    layer's weights cannot be scored on that side."""
+    outgoing, norms_of = side
+    norms = norms_of(p=p, view=_same)
+    if norms is None:
+        return False
     spots = float(positions.get(layer, 0)) if positions is not None else 0.0
     value_key, params_key, macs_key = ("ov", "op", "om") if outgoing else ("iv", "ip", "im")
     for per_channel, _ in norms:
@@ -170,40 +183,24 @@ def _accumulate(
         acc[macs_key].index_add_(
             0, where, torch.full((len(where),), rows * spots, dtype=torch.float64)
         )
-
-
-def _accumulate_data(
-    acc: dict[str, torch.Tensor],
-    layer: nn.Module,
-    norms: list[tuple[torch.Tensor, int]],
-    outgoing: bool,
-    where: torch.Tensor,
-    idxs: torch.Tensor,
-    activity: ChannelActivity,
-    p: float,
-) -> None:
-    """The activation-weighted values and the Taylor terms of one item."""
+    if activity is None:
+        return True
     scale = activity.output_scale(layer, p) if outgoing else activity.input_scale(layer, p)
-    key = "od" if outgoing else "id"
     for per_channel, _ in norms:
         weighted = per_channel[idxs].double()
         if scale is not None and len(scale) == len(per_channel):
             weighted = weighted * scale[idxs]
-        acc[key].index_add_(0, where, weighted)
-    if not activity.gradients:
-        return
-    grads = activity.gradients
+        acc["od" if outgoing else "id"].index_add_(0, where, weighted)
+    if activity.gradients:
+        grads = activity.gradients
 
-    def taylor(tensor: torch.Tensor) -> torch.Tensor:
-        grad = grads.get(tensor)
-        return torch.zeros_like(tensor) if grad is None else tensor.detach() * grad
+        def taylor(tensor: torch.Tensor) -> torch.Tensor:
+            grad = grads.get(tensor)
+            return torch.zeros_like(tensor) if grad is None else tensor.detach() * grad
 
-    if isinstance(layer, nn.MultiheadAttention):
-        taylored = _attention_norms(layer, 1, rows=outgoing, view=taylor)
-    else:
-        taylored = (_out_norms if outgoing else _in_norms)(layer, 1, view=taylor)
-    for per_channel, _ in taylored or []:
-        acc["ot" if outgoing else "it"].index_add_(0, where, per_channel[idxs].double())
+        for per_channel, _ in norms_of(p=1, view=taylor) or []:
+            acc["ot" if outgoing else "it"].index_add_(0, where, per_channel[idxs].double())
+    return True
 
 
 def group_stats(
@@ -235,23 +232,20 @@ def group_stats(
             continue  # index outside the root's channels (partial group): nothing to score
         idxs = torch.from_numpy(np.asarray(item.idxs, dtype=np.int64))
         outgoing = is_out_item(group, item.dep.handler)
+        sides: list[tuple[bool, NormsOf]]
         if isinstance(layer, nn.MultiheadAttention):
             if layer in seen:
                 continue  # the host prunes its rows and columns from either item
             seen.add(layer)
-            sides = [(True, _attention_norms(layer, p, rows=True))]
-            sides.append((False, _attention_norms(layer, p, rows=False)))
+            sides = [(rows, partial(_attention_norms, layer, rows=rows)) for rows in (True, False)]
         else:
-            sides = [(outgoing, _out_norms(layer, p) if outgoing else _in_norms(layer, p))]
-        for outgoing, norms in sides:
-            if norms is None:
+            sides = [(outgoing, partial(_out_norms if outgoing else _in_norms, layer))]
+        for side in sides:
+            if not _accumulate(acc, layer, side, where, idxs, positions, p, activity):
                 if any(True for _ in layer.parameters(recurse=False)):
                     unsupported.append(type(layer).__name__)
                 continue
-            _accumulate(acc, layer, norms, outgoing, where, idxs, positions)
-            if activity is not None:
-                _accumulate_data(acc, layer, norms, outgoing, where, idxs, activity, p)
-            if outgoing and isinstance(layer, ROOT_TYPES):
+            if side[0] and isinstance(layer, ROOT_TYPES):
                 producers += 1
     return GroupStats(
         out_value=acc["ov"],
