@@ -1,8 +1,8 @@
 """Data-aware CPMC: activation-weighted weight dependency and the Taylor term.
 
 Known answers are computed by hand in the tests from the batch itself; the options
-work inside torch-pruning's MetaPruner on every test architecture and inside
-CPMCPruner; bad options get a clear error.
+work inside CPMCPruner (and inside torch-pruning's MetaPruner on every test
+architecture: test_metapruner.py); bad options get a clear error.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from cpmc_plugin import CPMCImportance, CPMCPruner
-from tests.archs import ARCHS, Arch, build, classifier_of
+from tests.archs import ARCHS, build, classifier_of
 from tests.helpers import assert_unchanged, budget_tolerance, model_state
 
 
@@ -121,28 +121,6 @@ def test_the_batches_are_kept_and_measured_again_after_a_prune() -> None:
     graph.get_pruning_group(net[0], tp.prune_linear_out_channels, [int(first.argmin())]).prune()
     again = imp(_hidden_group(net, x))  # the shapes changed: measured on the pruned model
     assert again.shape == (2,)
-
-
-@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.name)
-def test_metapruner_prunes_every_test_architecture_with_the_data_aware_options(
-    arch: Arch,
-) -> None:
-    model = build(arch)
-    x = arch.example()
-    torch.manual_seed(1)
-    data = [(torch.randn_like(x), torch.randint(0, 10, (len(x),))) for _ in range(2)]
-    params_before = tp.utils.count_ops_and_params(model, x)[1]
-    pruner = tp.pruner.MetaPruner(
-        model,
-        x,
-        importance=CPMCImportance(x, data=data, gamma=1.0),
-        global_pruning=True,
-        pruning_ratio=0.5,
-        ignored_layers=[classifier_of(model)],
-    )
-    pruner.step()
-    assert model(x).shape == (2, 10)
-    assert tp.utils.count_ops_and_params(model, x)[1] < params_before
 
 
 def test_cpmc_pruner_meets_the_budget_with_the_data_aware_options() -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
+import torch
 import torch.nn as nn
 import torch_pruning as tp
 
@@ -10,15 +14,26 @@ from cpmc_plugin import CPMCImportance
 from tests.archs import ARCHS, Arch, build, classifier_of
 
 
+def _plain(x: torch.Tensor) -> CPMCImportance:
+    return CPMCImportance(example_inputs=x)
+
+
+def _data_aware(x: torch.Tensor) -> CPMCImportance:
+    torch.manual_seed(1)
+    data = [(torch.randn_like(x), torch.randint(0, 10, (len(x),))) for _ in range(2)]
+    return CPMCImportance(x, data=data, gamma=1.0)
+
+
+@pytest.mark.parametrize("importance", [_plain, _data_aware], ids=["plain", "data-aware"])
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.name)
-def test_metapruner_global(arch: Arch) -> None:
+def test_metapruner_global(arch: Arch, importance: Callable[[torch.Tensor], Any]) -> None:
     model = build(arch)
     x = arch.example()
     params_before = tp.utils.count_ops_and_params(model, x)[1]
     pruner = tp.pruner.MetaPruner(
         model,
         x,
-        importance=CPMCImportance(example_inputs=x),
+        importance=importance(x),
         global_pruning=True,
         pruning_ratio=0.5,
         ignored_layers=[classifier_of(model)],
